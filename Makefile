@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv and run the main job on embedded defaults
+#   make test   set up .venv and run the test-suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lptem-installed
+
+.PHONY: demo test test-all lint typecheck bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of PyTorch, pinned (any other request may pull a multi-GB CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,tem,cluster,viewer]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lptem demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lptem_dask tests benchmarks pipelines
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

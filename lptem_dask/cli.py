@@ -1,0 +1,139 @@
+"""The ``lptem`` command line.
+
+Each pipeline stage is a sub-command. Every error caused by bad input is
+printed as one line on stderr and the command exits with status 2 (no
+traceback); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._version import __version__
+from .errors import LptemError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="lptem",
+    help="Liquid-phase TEM videos to physics: simulate, segment, measure, link, analyse.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_STATE = {"debug": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lptem-dask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log INFO messages.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    _STATE["debug"] = debug
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def format_info(info: dict) -> str:
+    """Render the dict of :func:`lptem_dask.io.describe` as aligned text lines."""
+    lines = []
+    for key, value in info.items():
+        if key.endswith("bytes") and isinstance(value, (int, float)):
+            value = f"{_human_bytes(value)} ({int(value)} bytes)"
+        lines.append(f"{key:>22}: {value}")
+    return "\n".join(lines)
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="Video file, frame folder or Zarr store.")],
+    pixel_size_nm: Annotated[Optional[float], typer.Option(help="Override the pixel size (nm).")] = None,
+    frame_interval_s: Annotated[Optional[float], typer.Option(help="Override the frame interval (s).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Describe a video: frames, shape, dtype, chunks, pixel size, frame interval, size on disk."""
+    from .io import describe, open_video
+
+    video = open_video(path, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s)
+    desc = describe(video, path=path)
+    typer.echo(json.dumps(desc, indent=2, default=str) if as_json else format_info(desc))
+
+
+@app.command()
+def ingest(
+    src: Annotated[Path, typer.Argument(help="Input video (any supported format).")],
+    dst: Annotated[Path, typer.Argument(help="Output Zarr store, e.g. video.zarr.")],
+    pixel_size_nm: Annotated[Optional[float], typer.Option(help="Pixel size (nm), overrides the file.")] = None,
+    frame_interval_s: Annotated[Optional[float], typer.Option(help="Frame interval (s), overrides the file.")] = None,
+    chunk_mb: Annotated[float, typer.Option(help="Target size of one frame chunk (MB).")] = 32.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
+) -> None:
+    """Stream a video into a chunked, compressed Zarr store."""
+    from .io import ingest as _ingest
+
+    _ingest(
+        src,
+        dst,
+        overwrite=overwrite,
+        chunk_mb=chunk_mb,
+        pixel_size_nm=pixel_size_nm,
+        frame_interval_s=frame_interval_s,
+    )
+    typer.echo(f"wrote {dst}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo_out"),
+    overwrite: Annotated[bool, typer.Option(help="Replace earlier demo outputs.")] = True,
+) -> None:
+    """Run the main job on embedded defaults: a small simulated video, ingested and described."""
+    from .demo import run_demo
+
+    run_demo(out, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lptem`` console script."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except LptemError as exc:
+        if _STATE["debug"]:
+            raise
+        msg = " ".join(str(exc).split())
+        typer.echo(f"lptem: error: {msg}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:  # pragma: no cover
+        typer.echo("lptem: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

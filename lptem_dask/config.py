@@ -1,0 +1,163 @@
+"""Configuration: one pydantic model per pipeline stage, loaded from YAML.
+
+Every model forbids unknown keys and is frozen, so a typo in a YAML file is an
+error that names the key, the file and the allowed keys, never a silently
+ignored setting. Units are part of the field names (``pixel_size_nm``,
+``frame_interval_s``). The resolved configuration is saved beside every
+output (see :func:`config_hash` and :mod:`lptem_dask.store`).
+
+Stage models defined in other modules (the simulator's, the U-Net trainer's)
+derive from :class:`StageConfig` as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "StageConfig",
+    "ClusterConfig",
+    "IngestConfig",
+    "load_config",
+    "config_from_mapping",
+    "config_hash",
+    "dump_config",
+]
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StageConfig(BaseModel):
+    """Base of every configuration model: unknown keys are refused, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ClusterConfig(StageConfig):
+    """Where Dask runs.
+
+    ``kind`` is ``"local"`` (a LocalCluster of processes on this machine, the
+    default), ``"address"`` (connect to a running scheduler at ``address``),
+    ``"slurm"`` (dask-jobqueue SLURMCluster, ``jobs`` jobs) or ``"cuda"``
+    (dask-cuda LocalCUDACluster, one worker per GPU).
+    """
+
+    kind: Literal["local", "address", "slurm", "cuda", "synchronous"] = "local"
+    n_workers: int | None = Field(default=None, ge=1, description="workers (local); None: one per 2 cores")
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    memory_limit: str | None = Field(default="auto", description="per worker, e.g. '4GiB'")
+    dashboard_host: str = Field(default="127.0.0.1", description="interface the dashboard binds to")
+    dashboard_port: int = Field(default=8787, ge=0, le=65535, description="0 picks a free port")
+    address: str | None = Field(default=None, description="scheduler address for kind='address'")
+    # slurm
+    queue: str | None = None
+    account: str | None = None
+    cores: int = Field(default=8, ge=1)
+    memory: str = "32GiB"
+    walltime: str = "04:00:00"
+    jobs: int = Field(default=1, ge=1)
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()
+    local_directory: str | None = None
+    # cuda
+    cuda_visible_devices: str | None = None
+
+
+class IngestConfig(StageConfig):
+    """How a video is written to a chunked Zarr store."""
+
+    chunk_mb: float = Field(default=32.0, gt=0, description="target size of one frame chunk, MB")
+    compression_level: int = Field(default=3, ge=0, le=9, description="zstd level (0 = no compression)")
+
+
+def _format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            # find the sub-model the key belongs to, to list allowed keys
+            sub: Any = model
+            for p in err["loc"][:-1]:
+                field = getattr(sub, "model_fields", {}).get(p)
+                ann = getattr(field, "annotation", None)
+                sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+                if sub is None:
+                    break
+            allowed = sorted(sub.model_fields) if sub is not None else []
+            parts.append(f"unknown key `{loc}`; allowed keys: {', '.join(allowed)}")
+        else:
+            given = err.get("input")
+            given_s = repr(given)
+            if len(given_s) > 60:
+                given_s = given_s[:57] + "..."
+            parts.append(f"`{loc}`: {err['msg']} (given {given_s})")
+    return f"invalid configuration in {source}: " + "; ".join(parts)
+
+
+def config_from_mapping(model: type[T], data: dict | None, *, source: str = "<mapping>") -> T:
+    """Validate a mapping into ``model``, raising :class:`ConfigError` with a clear message."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid configuration in {source}: expected a mapping of keys to values, "
+            f"got {type(data).__name__}; write `key: value` lines"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, model, source)) from None
+
+
+def load_config(path: str | Path, model: type[T]) -> T:
+    """Load a YAML file into a configuration model.
+
+    Parameters
+    ----------
+    path : str or Path
+        YAML file.
+    model : type
+        A :class:`StageConfig` subclass.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not valid YAML, or has unknown keys or
+        wrong types; the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file {str(path)!r} does not exist; check the path")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"configuration file {str(path)!r} is not UTF-8 text; save it as UTF-8 YAML"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        msg = str(exc).replace("\n", " ")
+        raise ConfigError(f"configuration file {str(path)!r} is not valid YAML: {msg}") from None
+    return config_from_mapping(model, data, source=repr(str(path)))
+
+
+def dump_config(config: BaseModel) -> dict:
+    """Resolved configuration as a JSON-compatible dict."""
+    return json.loads(config.model_dump_json())
+
+
+def config_hash(config: BaseModel | dict) -> str:
+    """A short, stable hash of a resolved configuration (16 hex digits)."""
+    data = dump_config(config) if isinstance(config, BaseModel) else config
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

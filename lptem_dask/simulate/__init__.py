@@ -1,0 +1,1 @@
+"""Simulation of LPTEM images and videos with exact ground truth."""

@@ -1,0 +1,121 @@
+"""Layout of one processed video on disk, and atomic writes.
+
+A *store* is a Zarr v3 group directory, conventionally ``NAME.zarr``::
+
+    NAME.zarr/
+      zarr.json              group metadata; attrs["lptem"] holds history and configs
+      image/                 (frame, y, x) raw frames, written by ``ingest``
+      probability/           (frame, y, x) float32 U-Net probability
+      labels/                (frame, y, x) int32 particle instances
+      tables/
+        regions.parquet/     one row per particle per frame (one part per frame chunk)
+        contours.parquet/    outlines resampled at uniform arc length
+        tracks.parquet/      regions with a `particle` column
+      results/               analysis outputs (JSON, NetCDF/Zarr, figures)
+
+Every stage writes its output to a temporary sibling path and renames it into
+place when complete, so an output appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputExistsError
+
+__all__ = [
+    "IMAGE",
+    "PROBABILITY",
+    "LABELS",
+    "TABLES",
+    "RESULTS",
+    "table_path",
+    "check_output_path",
+    "atomic_path",
+    "remove_path",
+]
+
+IMAGE = "image"
+PROBABILITY = "probability"
+LABELS = "labels"
+TABLES = "tables"
+RESULTS = "results"
+
+
+def table_path(store: str | os.PathLike, name: str) -> Path:
+    """Path of the Parquet dataset ``name`` (e.g. ``"regions"``) inside a store."""
+    return Path(store) / TABLES / f"{name}.parquet"
+
+
+def check_output_path(path: str | os.PathLike, *, overwrite: bool, what: str = "output") -> Path:
+    """Refuse an existing output unless ``overwrite``; nothing is touched.
+
+    Raises
+    ------
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(
+            f"{what} {str(path)!r} already exists; choose another path or pass "
+            f"overwrite=True (CLI: --overwrite) to replace it"
+        )
+    return path
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, symlink or directory tree if it exists."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it to ``final``.
+
+    The caller writes a file or directory at the yielded path. If the block
+    raises, the temporary output is removed and ``final`` is left as it was.
+    If ``final`` exists it is replaced only when ``overwrite`` is True (the old
+    one is moved aside first and removed after the rename succeeded).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "a.txt") as tmp:
+    ...     _ = tmp.write_text("hello")
+    >>> (d / "a.txt").read_text()
+    'hello'
+    """
+    final = Path(final)
+    check_output_path(final, overwrite=overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = final.with_name(f".tmp-{final.name}-{token}")
+    try:
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".old-{final.name}-{token}")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        remove_path(tmp)
+        raise
+    if old is not None:
+        remove_path(old)
