@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,8 +40,13 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool],
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+        bool | None,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log INFO messages.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -74,8 +79,12 @@ def format_info(info: dict) -> str:
 @app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="Video file, frame folder or Zarr store.")],
-    pixel_size_nm: Annotated[Optional[float], typer.Option(help="Override the pixel size (nm).")] = None,
-    frame_interval_s: Annotated[Optional[float], typer.Option(help="Override the frame interval (s).")] = None,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="Override the pixel size (nm).")
+    ] = None,
+    frame_interval_s: Annotated[
+        float | None, typer.Option(help="Override the frame interval (s).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Describe a video: frames, shape, dtype, chunks, pixel size, frame interval, size on disk."""
@@ -90,8 +99,12 @@ def info(
 def ingest(
     src: Annotated[Path, typer.Argument(help="Input video (any supported format).")],
     dst: Annotated[Path, typer.Argument(help="Output Zarr store, e.g. video.zarr.")],
-    pixel_size_nm: Annotated[Optional[float], typer.Option(help="Pixel size (nm), overrides the file.")] = None,
-    frame_interval_s: Annotated[Optional[float], typer.Option(help="Frame interval (s), overrides the file.")] = None,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="Pixel size (nm), overrides the file.")
+    ] = None,
+    frame_interval_s: Annotated[
+        float | None, typer.Option(help="Frame interval (s), overrides the file.")
+    ] = None,
     chunk_mb: Annotated[float, typer.Option(help="Target size of one frame chunk (MB).")] = 32.0,
     overwrite: Annotated[bool, typer.Option(help="Replace DST if it exists.")] = False,
 ) -> None:

@@ -26,6 +26,10 @@ __all__ = [
     "StageConfig",
     "ClusterConfig",
     "IngestConfig",
+    "SegmentConfig",
+    "MeasureConfig",
+    "LinkConfig",
+    "PipelineConfig",
     "load_config",
     "config_from_mapping",
     "config_hash",
@@ -51,7 +55,9 @@ class ClusterConfig(StageConfig):
     """
 
     kind: Literal["local", "address", "slurm", "cuda", "synchronous"] = "local"
-    n_workers: int | None = Field(default=None, ge=1, description="workers (local); None: one per 2 cores")
+    n_workers: int | None = Field(
+        default=None, ge=1, description="workers (local); None: one per 2 cores"
+    )
     threads_per_worker: int | None = Field(default=None, ge=1)
     memory_limit: str | None = Field(default="auto", description="per worker, e.g. '4GiB'")
     dashboard_host: str = Field(default="127.0.0.1", description="interface the dashboard binds to")
@@ -75,7 +81,9 @@ class IngestConfig(StageConfig):
     """How a video is written to a chunked Zarr store."""
 
     chunk_mb: float = Field(default=32.0, gt=0, description="target size of one frame chunk, MB")
-    compression_level: int = Field(default=3, ge=0, le=9, description="zstd level (0 = no compression)")
+    compression_level: int = Field(
+        default=3, ge=0, le=9, description="zstd level (0 = no compression)"
+    )
 
 
 def _format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
@@ -161,3 +169,67 @@ def config_hash(config: BaseModel | dict) -> str:
     data = dump_config(config) if isinstance(config, BaseModel) else config
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SegmentConfig(StageConfig):
+    """U-Net inference and labelling (``predict_maps`` + ``label_frames``)."""
+
+    model: str = Field(default="default", description='"default" or a checkpoint path')
+    particle_size_px: float | None = Field(
+        default=None, gt=0, description="typical particle diameter, px"
+    )
+    polarity: Literal["dark", "bright", "auto"] = "dark"
+    batch_size: int = Field(default=4, ge=1)
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_area_px: int = Field(default=4, ge=1)
+    split_touching: bool = True
+
+
+class MeasureConfig(StageConfig):
+    """Per-frame region properties and outlines."""
+
+    contours: bool = Field(default=True, description="also write the contours table")
+    contour_spacing_px: float = Field(
+        default=1.0, gt=0, description="arc-length spacing of outline points, px"
+    )
+
+
+class LinkConfig(StageConfig):
+    """Linking regions into trajectories with trackpy."""
+
+    search_range_nm: float = Field(default=20.0, gt=0)
+    memory: int = Field(
+        default=3, ge=0, description="frames a particle may vanish and still be linked"
+    )
+    adaptive_stop: float | None = Field(
+        default=None, gt=0, description="nm; enables adaptive search"
+    )
+    adaptive_step: float = Field(default=0.95, gt=0, lt=1)
+    drift: Literal["tracks", "registration"] | None = None
+    symmetry_deg: float | None = Field(
+        default=None, gt=0, le=360, description="120 prism, 90 cube, 180 rod"
+    )
+    min_length: int = Field(default=3, ge=1, description="drop tracks shorter than this (frames)")
+    window_frames: int = Field(
+        default=500, ge=2, description="frames per linking window (bounded memory)"
+    )
+
+
+class PipelineConfig(StageConfig):
+    """Everything ``lptem run`` needs: which videos, where, and each stage's settings."""
+
+    videos: tuple[str, ...] = Field(description="paths or glob patterns of input videos")
+    output_dir: str = "lptem_out"
+    pixel_size_nm: float | None = Field(default=None, gt=0, description="overrides the files")
+    frame_interval_s: float | None = Field(default=None, gt=0, description="overrides the files")
+    frames_per_chunk: int | None = Field(
+        default=None, ge=1, description="None: about 32 MB per chunk"
+    )
+    cluster: ClusterConfig = ClusterConfig()
+    ingest: IngestConfig = IngestConfig()
+    segment: SegmentConfig = SegmentConfig()
+    measure: MeasureConfig = MeasureConfig()
+    link: LinkConfig = LinkConfig()
+    analyses: tuple[Literal["diffusion", "interaction", "etching", "assembly"], ...] = ()
+    report: bool = True

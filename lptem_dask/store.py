@@ -38,6 +38,7 @@ __all__ = [
     "check_output_path",
     "atomic_path",
     "remove_path",
+    "store_lock",
 ]
 
 IMAGE = "image"
@@ -119,3 +120,56 @@ def atomic_path(final: str | os.PathLike, *, overwrite: bool = False) -> Iterato
         raise
     if old is not None:
         remove_path(old)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def store_lock(path: str | os.PathLike, *, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock file ``PATH.lock`` beside an output for a whole run.
+
+    The lock records the owner's pid and host. A second run on the same output
+    refuses with :class:`~lptem_dask.errors.LockedError`. A lock left by a process
+    that no longer exists on this host is taken over.
+    """
+    import json
+    import socket
+
+    from .errors import LockedError
+
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "what": what}
+    for _attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            pid, ohost = owner.get("pid"), owner.get("host")
+            if ohost == host and isinstance(pid, int) and not _pid_alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            raise LockedError(
+                f"{str(path)!r} is in use by another run (pid {pid} on host {ohost}, lock file "
+                f"{str(lock)!r}); wait for it to finish, or if that process is gone, delete the lock file"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

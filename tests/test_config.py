@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lptem_dask.config import (
     ClusterConfig,
@@ -17,7 +18,7 @@ def test_defaults_are_valid_and_frozen():
     cfg = ClusterConfig()
     assert cfg.kind == "local"
     assert cfg.dashboard_host == "127.0.0.1"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.kind = "slurm"  # type: ignore[misc]
 
 

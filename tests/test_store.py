@@ -58,4 +58,32 @@ def test_failed_overwrite_keeps_old(tmp_path: Path):
 
 def test_check_output_path_and_table_path(tmp_path: Path):
     assert check_output_path(tmp_path / "x", overwrite=False) == tmp_path / "x"
-    assert table_path(tmp_path / "v.zarr", "regions") == tmp_path / "v.zarr" / "tables" / "regions.parquet"
+    assert (
+        table_path(tmp_path / "v.zarr", "regions")
+        == tmp_path / "v.zarr" / "tables" / "regions.parquet"
+    )
+
+
+def test_store_lock_refuses_second_run_and_recovers_stale(tmp_path: Path):
+    import json
+    import os
+    import socket
+    import subprocess
+
+    from lptem_dask.errors import LockedError
+    from lptem_dask.store import store_lock
+
+    out = tmp_path / "video.zarr"
+    with store_lock(out) as lock:
+        owner = json.loads(lock.read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+        with pytest.raises(LockedError, match=str(os.getpid())):
+            with store_lock(out):
+                pass  # pragma: no cover
+    assert not lock.exists()
+    # a lock whose owner died is taken over
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with store_lock(out):
+        pass

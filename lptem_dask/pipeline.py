@@ -1,0 +1,790 @@
+"""``lptem run``: many videos through every stage on one Dask client, resumably.
+
+For each video of the manifest the stages are::
+
+    image (ingest) -> maps (U-Net) -> labels -> regions -> tracks -> analyses -> report
+
+The first four run per frame chunk, as one Dask task per (stage, chunk), each
+depending on the same chunk's previous stage; data passes through the video's
+Zarr store on disk, so memory is bounded by the chunk size and not by the video
+length. After a task has written its chunk it drops a marker file
+``.lptem/<stage>/<chunk>.done`` holding the stage's hash; a killed run,
+restarted with the same command, recomputes only the chunks without markers (the
+ones that were in flight). A marker whose chunk is missing from the store (a
+deleted chunk file) is discarded and the chunk recomputed.
+
+Every stage's hash covers its own settings and the hash of the stage before, so
+changing a stage's configuration invalidates that stage and those after it, and
+never those before. ``overwrite=True`` is the only way to discard everything.
+
+The per-chunk logs ``.lptem/<stage>/compute.log`` record one line per chunk
+computed (stage, chunk, pid); tests use them to prove that completed chunks were
+not recomputed.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._version import __version__
+from .config import PipelineConfig, config_hash, dump_config
+from .errors import ConfigError, InputError, LptemError, StoreError
+from .store import IMAGE, LABELS, remove_path, store_lock, table_path
+
+__all__ = ["run_pipeline", "plan_video", "VideoPlan", "CHUNK_STAGES", "STATE_DIR"]
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".lptem"
+CHUNK_STAGES = ("image", "maps", "labels", "regions")
+VIDEO_STAGES = ("tracks", "analyses", "report")
+ALL_STAGES = CHUNK_STAGES + VIDEO_STAGES
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def expand_manifest(patterns: Sequence[str], *, base: Path | None = None) -> list[Path]:
+    """Expand paths and glob patterns into a sorted list of existing inputs.
+
+    Raises
+    ------
+    ConfigError
+        If the manifest is empty or a pattern matches nothing.
+    """
+    if not patterns:
+        raise ConfigError(
+            "the manifest `videos` is empty; list at least one video path or glob pattern"
+        )
+    out: list[Path] = []
+    for pat in patterns:
+        p = Path(pat)
+        if base is not None and not p.is_absolute():
+            p = base / p
+        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        if not matches:
+            raise ConfigError(f"the manifest pattern {pat!r} matches no file; check the path")
+        out.extend(Path(m) for m in matches)
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _file_fingerprint(path: Path) -> dict:
+    """Identity of an input without reading it all: size and mtime of each file."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    items = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        if f.is_file():
+            items.append(
+                (
+                    str(f.relative_to(path)) if path.is_dir() else f.name,
+                    st.st_size,
+                    int(st.st_mtime),
+                )
+            )
+    return {"path": str(path.resolve()), "files": items[:10000]}
+
+
+def _model_fingerprint(model: str) -> str:
+    if model == "default":
+        from importlib import resources
+
+        try:
+            ref = resources.files("lptem_dask.models") / "default.safetensors"
+            data = ref.read_bytes()
+        except (FileNotFoundError, OSError):
+            return "default:missing"
+        return "default:" + hashlib.sha256(data).hexdigest()[:16]
+    p = Path(model)
+    if not p.exists():
+        raise ConfigError(
+            f"`segment.model` {model!r} is neither 'default' nor an existing checkpoint path; "
+            "give the path of a file written by `lptem train`"
+        )
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+        if f.is_file():
+            h.update(f.read_bytes())
+    return "file:" + h.hexdigest()[:16]
+
+
+def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
+    """Hash of every stage for one video; each includes the hash of the stage before."""
+    seg = dump_config(config.segment)
+    parts: dict[str, dict] = {
+        "image": {
+            "source": _file_fingerprint(source),
+            "ingest": dump_config(config.ingest),
+            "pixel_size_nm": config.pixel_size_nm,
+            "frame_interval_s": config.frame_interval_s,
+            "frames_per_chunk": config.frames_per_chunk,
+        },
+        "maps": {
+            "model": _model_fingerprint(config.segment.model),
+            **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
+        },
+        "labels": {k: seg[k] for k in ("threshold", "min_area_px", "split_touching")},
+        "regions": dump_config(config.measure),
+        "tracks": dump_config(config.link),
+        "analyses": {"analyses": list(config.analyses)},
+        "report": {"report": config.report},
+    }
+    out: dict[str, str] = {}
+    prev = __version__
+    for stage in ALL_STAGES:
+        prev = config_hash({"prev": prev, "stage": stage, **parts[stage]})
+        out[stage] = prev
+    return out
+
+
+# --------------------------------------------------------------------------- state on disk
+
+
+def _state_dir(store: Path, stage: str) -> Path:
+    return store / STATE_DIR / stage
+
+
+def _marker(store: Path, stage: str, chunk: int) -> Path:
+    return _state_dir(store, stage) / f"{chunk:06d}.done"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _log_compute(store: Path, stage: str, chunk: int) -> None:
+    log = _state_dir(store, stage) / "compute.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:  # O_APPEND: one short line per write, never interleaved
+        fh.write(f"{stage} {chunk} {os.getpid()} {time.time():.3f}\n")
+
+
+def read_compute_log(store: str | os.PathLike, stage: str) -> list[int]:
+    """Chunk indices computed so far for ``stage`` (one entry per computation)."""
+    log = _state_dir(Path(store), stage) / "compute.log"
+    if not log.exists():
+        return []
+    return [int(line.split()[1]) for line in log.read_text().splitlines() if line.strip()]
+
+
+def _stage_record(store: Path, stage: str) -> dict:
+    path = _state_dir(store, stage) / "stage.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _set_stage_record(store: Path, stage: str, record: dict) -> None:
+    _write_text_atomic(_state_dir(store, stage) / "stage.json", json.dumps(record, indent=1))
+
+
+def _stage_outputs(store: Path, stage: str) -> list[Path]:
+    return {
+        "image": [store / IMAGE],
+        "maps": [store / "probability", store / "boundary", store / "distance"],
+        "labels": [store / LABELS],
+        "regions": [table_path(store, "regions"), table_path(store, "contours")],
+        "tracks": [table_path(store, "tracks")],
+        "analyses": [store / "results"],
+        "report": [store / "report"],
+    }[stage]
+
+
+def _invalidate(store: Path, stage: str) -> None:
+    logger.info("%s: stage %s changed or is new; discarding its outputs", store, stage)
+    for p in _stage_outputs(store, stage):
+        remove_path(p)
+    remove_path(_state_dir(store, stage))
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class VideoPlan:
+    """What to do for one video: its chunks and which stage parts remain."""
+
+    source: Path
+    store: Path
+    n_frames: int
+    chunks: list[tuple[int, int]]
+    hashes: dict[str, str]
+    todo: dict[str, list[int]] = field(default_factory=dict)
+    video_todo: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+
+def _chunk_frames(shape: tuple[int, ...], itemsize: int, config: PipelineConfig) -> int:
+    if config.frames_per_chunk:
+        return int(config.frames_per_chunk)
+    per_frame = int(np.prod(shape[1:])) * max(itemsize, 4)  # float32 maps dominate
+    return max(1, int(config.ingest.chunk_mb * 1e6 // per_frame))
+
+
+def _zarr_chunk_exists(store: Path, name: str, chunk: int) -> bool:
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(store / name), mode="r")
+    except Exception:
+        return False
+    key = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+    return (store / name / key).exists()
+
+
+def _chunk_outputs_exist(store: Path, stage: str, chunk: int, map_vars: Sequence[str]) -> bool:
+    if stage == "image":
+        return _zarr_chunk_exists(store, IMAGE, chunk)
+    if stage == "maps":
+        return all(_zarr_chunk_exists(store, v, chunk) for v in map_vars)
+    if stage == "labels":
+        return _zarr_chunk_exists(store, LABELS, chunk)
+    if stage == "regions":
+        return (table_path(store, "regions") / f"part-{chunk:06d}.parquet").exists()
+    raise ValueError(stage)  # pragma: no cover
+
+
+def plan_video(
+    source: Path, store: Path, config: PipelineConfig, *, overwrite: bool = False
+) -> VideoPlan:
+    """Open ``source`` lazily, prepare ``store`` and list the work that remains."""
+    from .io import open_video
+
+    video = open_video(
+        source, pixel_size_nm=config.pixel_size_nm, frame_interval_s=config.frame_interval_s
+    )
+    if video.sizes["frame"] == 0:
+        raise InputError(f"video {str(source)!r} has no frames; check the file")
+    hashes = stage_hashes(config, source)
+    if overwrite:
+        remove_path(store)
+    nf = int(video.sizes["frame"])
+    step = _chunk_frames(tuple(video.shape), video.dtype.itemsize, config)
+    chunks = [(a, min(a + step, nf)) for a in range(0, nf, step)]
+    store.mkdir(parents=True, exist_ok=True)
+    (store / STATE_DIR).mkdir(exist_ok=True)
+
+    plan = VideoPlan(source=source, store=store, n_frames=nf, chunks=chunks, hashes=hashes)
+    invalid_from = None
+    for stage in ALL_STAGES:
+        rec = _stage_record(store, stage)
+        if invalid_from is None and rec.get("hash") != hashes[stage]:
+            invalid_from = stage
+        if invalid_from is not None:
+            _invalidate(store, stage)
+    if _stage_record(store, "image").get("hash") != hashes["image"]:
+        _create_image_array(video, store, step, config)
+        _set_stage_record(store, "image", {"hash": hashes["image"], "complete": False})
+
+    map_vars = _ensure_map_arrays(video, store, step, config, hashes)
+    if _stage_record(store, "labels").get("hash") != hashes["labels"]:
+        _create_array(store, LABELS, video, step, np.dtype("int32"), config)
+        _set_stage_record(store, "labels", {"hash": hashes["labels"], "complete": False})
+    for stage in ALL_STAGES:
+        if _stage_record(store, stage).get("hash") != hashes[stage]:
+            _set_stage_record(store, stage, {"hash": hashes[stage], "complete": False})
+
+    for stage in CHUNK_STAGES:
+        todo = []
+        for i in range(len(chunks)):
+            marker = _marker(store, stage, i)
+            ok = marker.exists() and marker.read_text().strip() == hashes[stage]
+            if ok and not _chunk_outputs_exist(store, stage, i, map_vars):
+                logger.warning("%s: chunk %d of stage %s is missing; recomputing", store, i, stage)
+                marker.unlink()
+                ok = False
+            if not ok:
+                todo.append(i)
+        plan.todo[stage] = todo
+        rec = _stage_record(store, stage)
+        if bool(rec.get("complete")) != (not todo):
+            _set_stage_record(store, stage, {**rec, "hash": hashes[stage], "complete": not todo})
+    # anything downstream of a chunk stage with work left is redone
+    downstream_dirty = any(plan.todo[s] for s in CHUNK_STAGES)
+    for stage in VIDEO_STAGES:
+        rec = _stage_record(store, stage)
+        if downstream_dirty or not rec.get("complete") or rec.get("hash") != hashes[stage]:
+            plan.video_todo.append(stage)
+            downstream_dirty = True
+    return plan
+
+
+def _compressors(config: PipelineConfig):
+    if config.ingest.compression_level == 0:
+        return None
+    from zarr.codecs import BloscCodec
+
+    return [BloscCodec(cname="zstd", clevel=config.ingest.compression_level, shuffle="bitshuffle")]
+
+
+def _create_image_array(video, store: Path, step: int, config: PipelineConfig) -> None:
+    """Write coordinates and metadata of ``video`` into ``store``; frames come per chunk."""
+    remove_path(store / IMAGE)
+    for c in ("frame", "time", "y", "x"):
+        remove_path(store / c)
+    ds = video.to_dataset(name=IMAGE)
+    ds[IMAGE].encoding = {}
+    ds = ds.chunk({"frame": step})
+    ds.attrs = {}
+    attrs = dict(video.attrs)
+    attrs.setdefault("history", [])
+    ds[IMAGE].attrs = _jsonable(attrs)
+    enc = {IMAGE: {"chunks": (step, *video.shape[1:]), "compressors": _compressors(config)}}
+    ds.to_zarr(str(store), mode="a", compute=False, encoding=enc, consolidated=False, zarr_format=3)
+
+
+def _create_array(
+    store: Path, name: str, video, step: int, dtype: np.dtype, config, attrs=None
+) -> None:
+    import zarr
+
+    remove_path(store / name)
+    group = zarr.open_group(str(store), mode="a", zarr_format=3)
+    group.create_array(
+        name,
+        shape=tuple(video.shape),
+        chunks=(step, *video.shape[1:]),
+        dtype=dtype,
+        dimension_names=("frame", "y", "x"),
+        compressors=_compressors(config),
+        fill_value=0,
+        attributes=_jsonable(attrs or {}),
+        overwrite=True,
+    )
+
+
+def _ensure_map_arrays(video, store: Path, step: int, config: PipelineConfig, hashes) -> list[str]:
+    rec = _stage_record(store, "maps")
+    if rec.get("hash") == hashes["maps"] and rec.get("variables"):
+        return list(rec["variables"])
+    from .segment.infer import predict_maps
+
+    maps = predict_maps(video, **_maps_kwargs(config))  # lazy: only the structure is used
+    names = [str(v) for v in maps.data_vars]
+    for v in names:
+        _create_array(store, v, video, step, np.dtype("float32"), config, attrs=dict(maps[v].attrs))
+    _set_stage_record(
+        store, "maps", {"hash": hashes["maps"], "complete": False, "variables": names}
+    )
+    return names
+
+
+def _maps_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    s = config.segment
+    return dict(
+        model=s.model,
+        particle_size_px=s.particle_size_px,
+        polarity=s.polarity,
+        batch_size=s.batch_size,
+        precision=s.precision,
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# --------------------------------------------------------------------------- chunk tasks
+
+
+def _open_chunk(store: Path, a: int, b: int):
+    import xarray as xr
+
+    ds = xr.open_zarr(str(store), consolidated=False, zarr_format=3)
+    return ds.isel(frame=slice(a, b))
+
+
+def _write_region(store: Path, name: str, a: int, values: np.ndarray) -> None:
+    import zarr
+
+    arr = zarr.open_array(str(store / name), mode="r+")
+    arr[a : a + values.shape[0]] = values
+
+
+def _finish_chunk(store: Path, stage: str, chunk: int, stage_hash: str) -> None:
+    _log_compute(store, stage, chunk)
+    _write_text_atomic(_marker(store, stage, chunk), stage_hash)
+
+
+def task_image(
+    source: str, store: str, chunk: int, a: int, b: int, stage_hash: str, overrides: dict
+) -> int:
+    """Copy frames ``a:b`` of the source video into the store's ``image`` array."""
+    from .io import open_video
+
+    video = open_video(source, **overrides)
+    values = np.asarray(video.isel(frame=slice(a, b)).values)
+    _write_region(Path(store), IMAGE, a, values)
+    _finish_chunk(Path(store), "image", chunk, stage_hash)
+    return chunk
+
+
+def task_maps(
+    store: str, chunk: int, a: int, b: int, stage_hash: str, kwargs: dict, _dep: Any = None
+) -> int:
+    """U-Net maps of frames ``a:b`` (the model is cached once per worker process)."""
+    from .segment.infer import predict_maps
+
+    ds = _open_chunk(Path(store), a, b)
+    video = ds[IMAGE].load()
+    maps = predict_maps(video, **kwargs).compute(scheduler="synchronous")
+    for v in maps.data_vars:
+        _write_region(Path(store), str(v), a, np.asarray(maps[v].values, dtype=np.float32))
+    _finish_chunk(Path(store), "maps", chunk, stage_hash)
+    return chunk
+
+
+def task_labels(
+    store: str,
+    chunk: int,
+    a: int,
+    b: int,
+    stage_hash: str,
+    kwargs: dict,
+    map_vars: list,
+    _dep: Any = None,
+) -> int:
+    """Particle instances of frames ``a:b`` from the stored maps."""
+    from .segment.postprocess import label_frames
+
+    ds = _open_chunk(Path(store), a, b)
+    maps = ds[list(map_vars)].load()
+    arg = maps if len(map_vars) > 1 else maps[map_vars[0]]
+    labels = label_frames(arg, **kwargs).compute(scheduler="synchronous")
+    _write_region(Path(store), LABELS, a, np.asarray(labels.values, dtype=np.int32))
+    _finish_chunk(Path(store), "labels", chunk, stage_hash)
+    return chunk
+
+
+def task_regions(
+    store: str, chunk: int, a: int, b: int, stage_hash: str, kwargs: dict, _dep: Any = None
+) -> int:
+    """Region properties (and contours) of frames ``a:b`` as one Parquet part per table."""
+    from .measure import measure_contours, measure_regions, write_table_part
+
+    ds = _open_chunk(Path(store), a, b).load()
+    video = ds[IMAGE]
+    labels = ds[LABELS]
+    prob = ds["probability"] if "probability" in ds else None
+    table = measure_regions(labels, video, probability=prob).compute(scheduler="synchronous")
+    write_table_part(table, Path(store), "regions", chunk)
+    if kwargs.get("contours", True):
+        contours = measure_contours(labels, spacing_px=kwargs.get("contour_spacing_px", 1.0))
+        if hasattr(contours, "compute"):
+            contours = contours.compute(scheduler="synchronous")
+        write_table_part(contours, Path(store), "contours", chunk)
+    _finish_chunk(Path(store), "regions", chunk, stage_hash)
+    return chunk
+
+
+def task_tracks(store: str, stage_hash: str, kwargs: dict, _deps: Any = None) -> int:
+    """Link the whole video's regions into tracks (bounded memory, windowed)."""
+    from .track import link_store
+
+    link_store(store, overwrite=True, **kwargs)
+    _set_stage_record(Path(store), "tracks", {"hash": stage_hash, "complete": True})
+    tracks = table_path(store, "tracks")
+    return (
+        int(pd.read_parquet(tracks, columns=["particle"])["particle"].nunique())
+        if tracks.exists()
+        else 0
+    )
+
+
+def task_analyses(store: str, stage_hash: str, analyses: list, _dep: Any = None) -> list:
+    from . import analysis as _analysis
+
+    done = []
+    for name in analyses:
+        runner: Callable | None = getattr(_analysis, f"run_{name}", None)
+        if runner is None:
+            raise StoreError(f"analysis {name!r} is not available in this version of lptem-dask")
+        runner(store)
+        done.append(name)
+    _set_stage_record(Path(store), "analyses", {"hash": stage_hash, "complete": True})
+    return done
+
+
+def task_report(store: str, stage_hash: str, _dep: Any = None) -> str:
+    from .report import write_report
+
+    path = write_report(store, overwrite=True)
+    _set_stage_record(Path(store), "report", {"hash": stage_hash, "complete": True})
+    return str(path)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _link_kwargs(config: PipelineConfig) -> dict[str, Any]:
+    return dump_config(config.link)
+
+
+def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, list]:
+    """Submit the remaining tasks of one video; return futures per stage."""
+    store = str(plan.store)
+    h = plan.hashes
+    overrides = {"pixel_size_nm": config.pixel_size_nm, "frame_interval_s": config.frame_interval_s}
+    maps_kw = _maps_kwargs(config)
+    s = config.segment
+    labels_kw = dict(
+        threshold=s.threshold, min_area_px=s.min_area_px, split_touching=s.split_touching
+    )
+    measure_kw = dump_config(config.measure)
+    map_vars = _stage_record(plan.store, "maps").get("variables", ["probability"])
+    futures: dict[str, list] = {st: [] for st in ALL_STAGES}
+    prev: dict[int, Any] = {}
+    tag = plan.store.name
+    for stage in CHUNK_STAGES:
+        todo = set(plan.todo[stage])
+        for i, (a, b) in enumerate(plan.chunks):
+            dep = prev.get(i)
+            if i not in todo:
+                continue
+            key = f"{stage}-{tag}-{i}-{h[stage][:8]}"
+            if stage == "image":
+                f = client.submit(
+                    task_image, str(plan.source), store, i, a, b, h[stage], overrides, key=key
+                )
+            elif stage == "maps":
+                f = client.submit(task_maps, store, i, a, b, h[stage], maps_kw, dep, key=key)
+            elif stage == "labels":
+                f = client.submit(
+                    task_labels, store, i, a, b, h[stage], labels_kw, map_vars, dep, key=key
+                )
+            else:
+                f = client.submit(task_regions, store, i, a, b, h[stage], measure_kw, dep, key=key)
+            prev[i] = f
+            futures[stage].append(f)
+    last_chunk = [f for f in prev.values()]
+    dep: Any = last_chunk
+    if "tracks" in plan.video_todo:
+        dep = client.submit(
+            task_tracks,
+            store,
+            h["tracks"],
+            _link_kwargs(config),
+            last_chunk,
+            key=f"tracks-{tag}-{h['tracks'][:8]}",
+        )
+        futures["tracks"].append(dep)
+    if "analyses" in plan.video_todo:
+        dep = client.submit(
+            task_analyses,
+            store,
+            h["analyses"],
+            list(config.analyses),
+            dep,
+            key=f"analyses-{tag}-{h['analyses'][:8]}",
+        )
+        futures["analyses"].append(dep)
+    if "report" in plan.video_todo and config.report:
+        dep = client.submit(
+            task_report, store, h["report"], dep, key=f"report-{tag}-{h['report'][:8]}"
+        )
+        futures["report"].append(dep)
+    return futures
+
+
+def _short_error(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if isinstance(exc, LptemError) else f"{type(exc).__name__}: {msg}"
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    config_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    client=None,
+) -> pd.DataFrame:
+    """Run every video of ``config`` through every stage; return the status table.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+        The run's configuration (videos, output folder, cluster, stages).
+    config_path : path, optional
+        Where ``config`` came from; relative video paths are taken relative to
+        its folder.
+    overwrite : bool
+        Discard earlier outputs of these videos and start afresh.
+    progress : bool
+        Show one live progress bar per stage.
+    client : distributed.Client, optional
+        Use this client instead of starting one from ``config.cluster``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per video: ``video``, ``store``, ``status`` (done, skipped,
+        failed), ``error``, ``frames``, ``chunks_computed``, ``seconds``. Also
+        saved as ``run_status.csv`` in the output folder.
+    """
+    from distributed import as_completed, performance_report
+
+    from .cluster import dashboard_link, make_client
+
+    base = Path(config_path).parent if config_path else None
+    sources = expand_manifest(config.videos, base=base)
+    out_dir = Path(config.output_dir)
+    if base is not None and not out_dir.is_absolute():
+        out_dir = base / out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [s.stem if s.is_file() else s.name for s in sources]
+    stores = []
+    for _s, stem in zip(sources, stems, strict=False):
+        stem = stem[: -len(".zarr")] if stem.endswith(".zarr") else stem
+        stores.append(out_dir / f"{stem}.zarr")
+    if len(set(stores)) != len(stores):
+        raise ConfigError("two videos of the manifest have the same name; rename one of them")
+    _write_text_atomic(out_dir / "run_config.json", json.dumps(dump_config(config), indent=1))
+
+    own_client = client is None
+    if own_client:
+        client = make_client(config.cluster)
+    print(f"Dask dashboard: {dashboard_link(client)}", flush=True)
+    rows: dict[str, dict] = {}
+    t0 = time.time()
+    try:
+        import contextlib
+
+        with contextlib.ExitStack() as stack:
+            plans: list[VideoPlan] = []
+            for src, store in zip(sources, stores, strict=False):
+                row = {
+                    "video": str(src),
+                    "store": str(store),
+                    "status": "pending",
+                    "error": "",
+                    "frames": 0,
+                    "chunks_computed": 0,
+                    "seconds": 0.0,
+                }
+                rows[str(store)] = row
+                try:
+                    stack.enter_context(store_lock(store))
+                    plan = plan_video(src, store, config, overwrite=overwrite)
+                except LptemError as exc:
+                    row.update(status="failed", error=_short_error(exc))
+                    continue
+                except Exception as exc:  # a broken file must not stop the others
+                    logger.debug("planning %s failed:\n%s", src, traceback.format_exc())
+                    row.update(status="failed", error=_short_error(exc))
+                    continue
+                row["frames"] = plan.n_frames
+                n_work = sum(len(v) for v in plan.todo.values()) + len(plan.video_todo)
+                if n_work == 0:
+                    row["status"] = "skipped"
+                    continue
+                plans.append(plan)
+            stack.enter_context(
+                performance_report(filename=str(out_dir / "dask-performance-report.html"))
+            )
+            all_futs: dict[str, list] = {st: [] for st in ALL_STAGES}
+            owner: dict[str, str] = {}
+            for plan in plans:
+                futs = _submit_video(client, plan, config)
+                for st, fl in futs.items():
+                    all_futs[st].extend(fl)
+                    for f in fl:
+                        owner[f.key] = str(plan.store)
+            bars = _progress_bars(all_futs, enabled=progress)
+            every = [f for fl in all_futs.values() for f in fl]
+            stage_of = {f.key: st for st, fl in all_futs.items() for f in fl}
+            for fut in as_completed(every):
+                store_key = owner[fut.key]
+                row = rows[store_key]
+                if fut.status == "error":
+                    if row["status"] != "failed":
+                        exc = fut.exception()
+                        row.update(status="failed", error=_short_error(exc))
+                else:
+                    if stage_of[fut.key] in CHUNK_STAGES:
+                        row["chunks_computed"] += 1
+                bars.update(stage_of[fut.key])
+            bars.close()
+            for plan in plans:
+                row = rows[str(plan.store)]
+                if row["status"] != "failed":
+                    for stage in CHUNK_STAGES:
+                        _set_stage_record(
+                            plan.store,
+                            stage,
+                            {**_stage_record(plan.store, stage), "complete": True},
+                        )
+                    row["status"] = "done"
+    finally:
+        if own_client:
+            client.close()
+    status = pd.DataFrame(list(rows.values()))
+    status["seconds"] = round(time.time() - t0, 2)
+    status.to_csv(out_dir / "run_status.csv", index=False)
+    return status
+
+
+class _Bars:
+    def __init__(self, totals: dict[str, int], enabled: bool):
+        self.bars = {}
+        if enabled:
+            from tqdm.auto import tqdm
+
+            for i, (stage, n) in enumerate(totals.items()):
+                if n:
+                    self.bars[stage] = tqdm(
+                        total=n, desc=f"{stage:>8}", position=i, leave=True, unit="task"
+                    )
+
+    def update(self, stage: str) -> None:
+        if stage in self.bars:
+            self.bars[stage].update(1)
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+def _progress_bars(futs: dict[str, list], *, enabled: bool) -> _Bars:
+    return _Bars({st: len(fl) for st, fl in futs.items()}, enabled)
+
+
+def clear_outputs(store: str | os.PathLike) -> None:
+    """Remove a store and its lock (what ``--overwrite`` does before a run)."""
+    shutil.rmtree(store, ignore_errors=True)
