@@ -32,7 +32,7 @@ _API = {
     "link_store": "lptem_dask.track",
     "open_results": "lptem_dask.results",
     "simulate_images": "lptem_dask.simulate",
-    "simulate_video": "lptem_dask.simulate",
+    "simulate_video": "lptem_dask.simulate.dynamics",
     "make_client": "lptem_dask.cluster",
     "load_config": "lptem_dask.config",
 }
