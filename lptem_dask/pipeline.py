@@ -43,7 +43,7 @@ import pandas as pd
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
 from .errors import ConfigError, InputError, LptemError, StoreError
-from .store import IMAGE, LABELS, remove_path, store_lock, table_path
+from .store import IMAGE, LABELS, aux_dir, remove_path, store_lock, table_path
 
 __all__ = ["run_pipeline", "plan_video", "VideoPlan", "CHUNK_STAGES", "STATE_DIR"]
 
@@ -167,7 +167,7 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
 
 
 def _state_dir(store: Path, stage: str) -> Path:
-    return store / STATE_DIR / stage
+    return aux_dir(store, STATE_DIR) / stage
 
 
 def _marker(store: Path, stage: str, chunk: int) -> Path:

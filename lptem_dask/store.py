@@ -39,6 +39,8 @@ __all__ = [
     "atomic_path",
     "remove_path",
     "store_lock",
+    "aux_dir",
+    "mark_aux_dir",
 ]
 
 IMAGE = "image"
@@ -49,8 +51,15 @@ RESULTS = "results"
 
 
 def table_path(store: str | os.PathLike, name: str) -> Path:
-    """Path of the Parquet dataset ``name`` (e.g. ``"regions"``) inside a store."""
-    return Path(store) / TABLES / f"{name}.parquet"
+    """Path of the Parquet dataset ``name`` (e.g. ``"regions"``) inside a store.
+
+    The ``tables`` folder is created (marked for Zarr, see :func:`mark_aux_dir`)
+    when the store exists; the table itself is not.
+    """
+    store = Path(store)
+    if store.is_dir():
+        aux_dir(store, TABLES)
+    return store / TABLES / f"{name}.parquet"
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool, what: str = "output") -> Path:
@@ -173,3 +182,33 @@ def store_lock(path: str | os.PathLike, *, what: str = "run") -> Iterator[Path]:
         yield lock
     finally:
         lock.unlink(missing_ok=True)
+
+
+_AUX_MARKER = (
+    '{"zarr_format": 3, "node_type": "group", "attributes": {"lptem_dask": "non-zarr folder"}}'
+)
+
+
+def mark_aux_dir(path: str | os.PathLike) -> Path:
+    """Mark a non-Zarr folder inside a store as an empty Zarr group.
+
+    Zarr warns about every folder of a store it does not recognise; a
+    ``zarr.json`` of an empty group silences that without hiding the folder's
+    own files (Parquet parts, JSON results, figures).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / "zarr.json"
+    if not marker.exists():
+        marker.write_text(_AUX_MARKER)
+    return path
+
+
+def aux_dir(store: str | os.PathLike, name: str) -> Path:
+    """``STORE/NAME`` created (with its parents inside the store) as a marked folder."""
+    store = Path(store)
+    path = store / name
+    rel = Path(name).parts
+    for i in range(1, len(rel) + 1):
+        mark_aux_dir(store.joinpath(*rel[:i]))
+    return path
