@@ -329,48 +329,28 @@ class VideoFileSource(FrameSource):
         self.fps = float(fps)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        import imageio_ffmpeg
-
         n = stop - start
         ny, nx = self.shape[1:]
-        input_params = ["-nostdin"]
+        cmd = [ffmpeg_exe(), "-v", "error", "-nostdin"]
         if start > 0:
             # frame k has presentation time k/fps; seeking half a frame earlier
             # makes ffmpeg start exactly at frame k (it decodes from the key frame
-            # before and drops frames earlier than the seek point)
-            input_params += ["-ss", f"{(start - 0.5) / self.fps:.9f}"]
-        gen = imageio_ffmpeg.read_frames(
-            self.path,
-            pix_fmt="gray",
-            input_params=input_params,
-            output_params=["-frames:v", str(n)],
-        )
-        out = np.empty((n, ny, nx), np.uint8)
-        got = 0
-        try:
-            meta = next(gen)
-            w, h = meta["size"]
-            if (h, w) != (ny, nx):
-                raise FormatError(
-                    f"{self.path!r}: frames decode to {h} x {w}, header said {ny} x {nx}"
-                )
-            for buf in gen:
-                if got >= n:
-                    break
-                out[got] = np.frombuffer(buf, np.uint8).reshape(ny, nx)
-                got += 1
-        except FormatError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - ffmpeg failure is a bad file
+            # before and drops the frames before the seek point)
+            cmd += ["-ss", f"{(start - 0.5) / self.fps:.9f}"]
+        cmd += ["-i", self.path, "-map", "0:v:0", "-frames:v", str(n)]
+        cmd += ["-f", "rawvideo", "-pix_fmt", "gray", "-"]
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise FormatError(
-                f"{self.path!r}: ffmpeg failed decoding frames {start}-{stop - 1} ({exc}); "
-                f"the video is truncated or corrupt: re-export it"
-            ) from exc
-        finally:
-            gen.close()
-        if got != n:
+                f"{self.path!r}: ffmpeg failed decoding frames {start}-{stop - 1} "
+                f"({err[-1] if err else 'no message'}); the video is truncated or corrupt: "
+                f"re-export it"
+            )
+        got = len(proc.stdout) // (ny * nx)
+        if got < n:
             raise FormatError(
                 f"{self.path!r}: the video ended after {start + got} frames while its header "
                 f"promised {self.shape[0]}; the file is truncated: re-export it"
             )
-        return out
+        return np.frombuffer(proc.stdout, np.uint8)[: n * ny * nx].reshape(n, ny, nx).copy()
