@@ -91,7 +91,7 @@ def info(
     from .io import describe, open_video
 
     video = open_video(path, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s)
-    desc = describe(video, path=path)
+    desc = describe(video)
     typer.echo(json.dumps(desc, indent=2, default=str) if as_json else format_info(desc))
 
 
@@ -131,6 +131,40 @@ def demo(
     from .demo import run_demo
 
     run_demo(out, overwrite=overwrite)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (see configs/default.yaml).")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard earlier outputs of these videos.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show live progress bars per stage.")] = True,
+) -> None:
+    """Run every video of a manifest through every stage (resumable: rerun to continue)."""
+    from .config import PipelineConfig, load_config
+    from .pipeline import run_pipeline
+
+    cfg = load_config(config, PipelineConfig)
+    status = run_pipeline(cfg, config_path=config, overwrite=overwrite, progress=progress)
+    typer.echo(status.drop(columns=["seconds"]).to_string(index=False))
+    out_dir = Path(cfg.output_dir)
+    if not out_dir.is_absolute():
+        out_dir = config.parent / out_dir
+    typer.echo(f"status saved to {out_dir / 'run_status.csv'}")
+    if (status["status"] == "failed").any():
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Argument(help="A processed-video store (NAME.zarr).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing report.")] = True,
+) -> None:
+    """Write the self-contained HTML report of a processed video."""
+    from .report import write_report
+
+    typer.echo(f"wrote {write_report(store, overwrite=overwrite)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,7 +61,7 @@ def run_demo(out: Path | str = "demo_out", *, overwrite: bool = True) -> dict:
     print(f"simulated a {frames.shape[0]}-frame video: {tif}")
     ingest(tif, store, overwrite=overwrite)
     print(f"ingested into {store}\n")
-    info = describe(open_video(store), path=store)
+    info = describe(open_video(store))
     print("lptem info", store)
     print(format_info(info))
     return info
