@@ -1,0 +1,492 @@
+"""U-Net inference on videos with Dask: probability maps and instance labels.
+
+Two layers, as everywhere in this package:
+
+- :func:`predict_block` is the kernel: a numpy block of frames ``(n, y, x)``
+  of any real dtype in, ``(n, C, y, x)`` float32 maps in [0, 1] out.
+- :func:`predict_probability`, :func:`predict_maps` and :func:`segment` are
+  lazy: they map the kernel over the video's frame chunks with
+  ``dask.array.map_blocks`` (explicit ``dtype`` and ``meta``; nothing runs
+  until computed).
+
+Per frame the kernel (1) negates bright-particle frames (``polarity``),
+(2) rescales the frame by ``train_size / particle_size_px`` so particles have
+the size the model was trained on (antialiased bilinear), (3) normalises it
+robustly (:mod:`._normalize`), (4) reflect-pads it to a multiple of
+``2**depth``, (5) runs the network on the whole frame or on overlapping tiles
+blended with ``sin^2`` ramps (:mod:`._tiling`), batched across frames, and
+(6) maps the output back to the input grid. The model travels to workers as
+one graph key and is built once per worker (:mod:`._model_cache`).
+
+When ``particle_size_px`` is None and the model card states its training
+particle size, the size is estimated once per video from up to four evenly
+spaced frames (:mod:`._scale`; a lazy task all chunks depend on), so results
+never depend on chunking. ``polarity="auto"`` is decided the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..errors import InputError
+from ._model_cache import CachedModel, ModelSpec, get_cached_model, resolve_device
+from ._normalize import check_polarity, decide_polarity, normalize_frame
+from ._tiling import blend_weights, pad_to_multiple, tile_starts
+
+__all__ = ["predict_probability", "predict_maps", "segment", "predict_block", "prepare_model"]
+
+logger = logging.getLogger(__name__)
+
+#: CPU bfloat16 autocast under precision="auto". Measured with the trained default
+#: model (benchmarks/bench_inference.py): see that file's docstring.
+CPU_AUTO_BFLOAT16 = False
+#: frames (after rescaling) up to this many pixels a side go through in one piece
+WHOLE_FRAME_MAX_PX = 1024
+DEFAULT_TILE_PX = 512
+_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+# --------------------------------------------------------------------------- model
+
+
+def prepare_model(model: Any, *, device: str | None = None) -> ModelSpec:
+    """Load ``model`` ("default", path or module) on the client as a :class:`ModelSpec`."""
+    if isinstance(model, ModelSpec):
+        return model
+    from ..models import load_model
+
+    module, card = load_model(model)
+    return ModelSpec.from_module(module, card)
+
+
+def _train_size(card: dict[str, Any]) -> float | None:
+    size = card.get("particle_size_px")
+    if isinstance(size, dict):
+        size = size.get("median")
+    return float(size) if size else None
+
+
+# --------------------------------------------------------------------------- kernel
+
+
+def _resize(frames: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize ``(n, y, x)`` or ``(n, c, y, x)`` float arrays (antialiased bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(frames.shape[-2:]) == tuple(shape):
+        return frames
+    t = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
+    squeeze = t.ndim == 3
+    if squeeze:
+        t = t[:, None]
+    down = shape[0] < t.shape[-2] or shape[1] < t.shape[-1]
+    out = F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=down)
+    out_np = out.numpy()
+    return out_np[:, 0] if squeeze else out_np
+
+
+def _autocast(device: Any, precision: str):
+    import contextlib
+
+    import torch
+
+    if device.type == "cpu":
+        use_bf16 = precision == "bfloat16" or (precision == "auto" and CPU_AUTO_BFLOAT16)
+        if use_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+    if precision in ("auto", "float16"):
+        return torch.autocast(device.type, dtype=torch.float16)
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _run_network(entry: CachedModel, batch: np.ndarray, precision: str) -> np.ndarray:
+    """Forward ``(b, y, x)`` normalised tiles -> ``(b, C, y, x)`` float32 in [0, 1]."""
+    import torch
+
+    dev = entry.device
+    x = torch.from_numpy(np.ascontiguousarray(batch[:, None], dtype=np.float32))
+    if dev.type == "cuda":
+        x = x.pin_memory().to(dev, non_blocking=True)
+    else:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with entry.lock, torch.inference_mode(), _autocast(dev, precision):
+        y = entry.module(x)
+    y = torch.sigmoid(y.float())
+    return y.to("cpu").numpy()
+
+
+def predict_block(
+    block: np.ndarray,
+    spec: ModelSpec,
+    plan: dict[str, Any],
+    *,
+    batch_size: int = 4,
+    device: str | None = None,
+    precision: str = "auto",
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+) -> np.ndarray:
+    """Maps for a block of frames (the numpy kernel).
+
+    Parameters
+    ----------
+    block : ndarray (n, y, x), any real dtype
+    spec : ModelSpec
+    plan : dict
+        ``{"polarity": "dark"|"bright", "scale": float}``: the frame is resized
+        by ``scale`` before the network (1: as is).
+    batch_size, device, precision, tile_size, tile_overlap
+        See :func:`predict_maps`.
+
+    Returns
+    -------
+    ndarray (n, C, y, x) float32
+        One channel per head of the model, in [0, 1].
+    """
+    entry = get_cached_model(spec, device)
+    n_heads = len(spec.card.get("heads") or ["probability"])
+    n, h, w = block.shape
+    out = np.empty((n, n_heads, h, w), np.float32)
+    if n == 0:
+        return out
+    scale = float(plan.get("scale", 1.0))
+    polarity = plan["polarity"]
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    multiple = int(2 ** spec.card.get("architecture", {}).get("depth", 4))
+
+    frames = block.astype(np.float64, copy=False)
+    if (hs, ws) != (h, w):
+        frames = _resize(frames.astype(np.float32), (hs, ws)).astype(np.float64)
+    norm = np.stack([normalize_frame(f, polarity=polarity) for f in frames])
+
+    if tile_size is None:
+        tile = None if max(hs, ws) <= WHOLE_FRAME_MAX_PX else DEFAULT_TILE_PX
+    else:
+        tile = max(multiple, (int(tile_size) // multiple) * multiple)
+    if tile is not None and tile >= max(hs, ws):
+        tile = None
+    padded = pad_to_multiple(norm, multiple, min_size=tile or 0)
+    hp, wp = padded.shape[-2:]
+
+    if tile is None:
+        tiles = [(0, 0)]
+        th, tw = hp, wp
+        wy = [np.ones(hp)]
+        wx = [np.ones(wp)]
+        ys, xs = [0], [0]
+    else:
+        th = tw = tile
+        ov = tile // 4 if tile_overlap is None else int(tile_overlap)
+        ov = max(multiple, (ov // multiple) * multiple)
+        ys = tile_starts(hp, th, ov, multiple)
+        xs = tile_starts(wp, tw, ov, multiple)
+        wy = blend_weights(hp, th, ys)
+        wx = blend_weights(wp, tw, xs)
+        tiles = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+
+    acc = np.zeros((n, n_heads, hp, wp), np.float64)
+    wsum = np.zeros((hp, wp), np.float64)
+    for i, j in tiles:
+        wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += np.outer(wy[i], wx[j])
+    jobs = [(f, i, j) for f in range(n) for (i, j) in tiles]
+    for k in range(0, len(jobs), max(1, batch_size)):
+        chunk = jobs[k : k + max(1, batch_size)]
+        batch = np.stack(
+            [padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk]
+        )
+        pred = _run_network(entry, batch, precision)
+        for (f, i, j), p in zip(chunk, pred, strict=True):
+            acc[f, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += p * np.outer(wy[i], wx[j])
+    maps = (acc / np.maximum(wsum, 1e-12))[..., :hs, :ws].astype(np.float32)
+    if (hs, ws) != (h, w):
+        maps = _resize(maps, (h, w))
+    np.clip(maps, 0.0, 1.0, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _sample_index(n_frames: int, k: int = 4) -> list[int]:
+    if n_frames <= k:
+        return list(range(n_frames))
+    return sorted({int(round(v)) for v in np.linspace(0, n_frames - 1, k)})
+
+
+def _make_plan(
+    sample: np.ndarray | None,
+    polarity: str,
+    particle_size_px: float | None,
+    train_size: float | None,
+) -> dict[str, Any]:
+    from ._scale import estimate_particle_size_px
+
+    pol = polarity
+    if pol == "auto":
+        pol = decide_polarity(sample)  # type: ignore[arg-type]
+    scale = 1.0
+    size = particle_size_px
+    if train_size is not None:
+        if size is None and sample is not None:
+            size = estimate_particle_size_px(sample, polarity=pol)
+            if size is None:
+                logger.warning("could not estimate the particle size; frames are not rescaled")
+            else:
+                logger.info("estimated particle diameter: %.1f px", size)
+        if size is not None:
+            scale = float(train_size) / float(size)
+    return {"polarity": pol, "scale": scale, "particle_size_px": size}
+
+
+# --------------------------------------------------------------------------- public
+
+
+def _check_video(video: Any) -> xr.DataArray:
+    if isinstance(video, np.ndarray) or isinstance(video, da.Array):
+        raise InputError(
+            "`video` must be an xarray.DataArray with dims ('frame', 'y', 'x'); wrap an "
+            "array with lptem_dask.from_array(array, pixel_size_nm=..., frame_interval_s=...)"
+        )
+    if not isinstance(video, xr.DataArray):
+        raise InputError(f"`video` must be an xarray.DataArray, got {type(video).__name__}")
+    if video.dims != ("frame", "y", "x"):
+        raise InputError(
+            f"`video` must have dims ('frame', 'y', 'x'), got {video.dims}; rename or "
+            "transpose it, e.g. video.rename(t='frame')"
+        )
+    if video.dtype.kind not in "biuf":
+        raise InputError(f"`video` must hold real numbers, got dtype {video.dtype}")
+    return video
+
+
+def predict_maps(
+    video: xr.DataArray,
+    *,
+    model: Any = "default",
+    particle_size_px: float | None = None,
+    polarity: str = "dark",
+    batch_size: int = 4,
+    device: str | None = None,
+    precision: str = "auto",
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+) -> xr.Dataset:
+    """Every output map of the U-Net for every frame (lazy).
+
+    Parameters
+    ----------
+    video : xr.DataArray (frame, y, x), any real dtype
+        Dask-backed (chunked along ``frame``) or in memory.
+    model : "default", str, Path or torch.nn.Module
+        The shipped model, a checkpoint, or a module returning logits
+        ``(n, C, y, x)`` (its card: ``module.lptem_card``, optional).
+    particle_size_px : float, optional
+        Typical particle diameter (px) in ``video``. Frames are rescaled so
+        particles match the model's training size, and the maps are mapped
+        back to the input grid. None: estimated from the video when the model
+        card gives a training size, else no rescaling.
+    polarity : {"dark", "bright", "auto"}
+        Particles dark on bright background (bright-field TEM), bright
+        (dark-field TEM, ADF-STEM), or decided from the video.
+    batch_size : int
+        Tiles or frames per forward pass.
+    device : str, optional
+        Torch device of each worker ("cpu", "cuda"); None: CUDA if available.
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        "auto": float16 autocast on GPU; on CPU bfloat16 autocast only if
+        :data:`CPU_AUTO_BFLOAT16` (set by measurement), else float32.
+    tile_size, tile_overlap : int, optional
+        Tile side and overlap (px, after rescaling). None: whole frames up to
+        1024 px, else 512-px tiles overlapping by a quarter.
+
+    Returns
+    -------
+    xr.Dataset
+        ``probability`` and, where the model has them, ``boundary`` and
+        ``distance``: float32 in [0, 1], dims (frame, y, x), chunked as
+        ``video``, with its coordinates. ``attrs`` record the model hash,
+        polarity and rescaling settings.
+    """
+    video = _check_video(video)
+    check_polarity(polarity)
+    if precision not in _PRECISIONS:
+        raise InputError(f"`precision` must be one of {_PRECISIONS}, got {precision!r}")
+    if batch_size < 1:
+        raise InputError(f"`batch_size` must be >= 1, got {batch_size}")
+    if particle_size_px is not None and not (
+        math.isfinite(particle_size_px) and particle_size_px > 0
+    ):
+        raise InputError(f"`particle_size_px` must be a positive number, got {particle_size_px}")
+    if tile_size is not None and tile_size < 16:
+        raise InputError(f"`tile_size` must be >= 16 px, got {tile_size}")
+
+    spec = prepare_model(model, device=device)
+    heads = list(spec.card.get("heads") or ["probability"])
+    train_size = _train_size(spec.card)
+    if particle_size_px is not None and train_size is None:
+        logger.warning(
+            "model card states no training particle size; `particle_size_px` is ignored"
+        )
+
+    data = video.data if isinstance(video.data, da.Array) else da.from_array(
+        video.values, chunks=(1, -1, -1)
+    )
+    if data.numblocks[1:] != (1, 1):
+        data = data.rechunk({1: -1, 2: -1})
+    need_sample = polarity == "auto" or (particle_size_px is None and train_size is not None)
+    tok = dask.base.tokenize(spec.sha256, polarity, particle_size_px, train_size, data.name)
+    if need_sample and data.shape[0] > 0:
+        sample = data[_sample_index(data.shape[0])]
+        plan = dask.delayed(_make_plan, pure=True)(
+            sample, polarity, particle_size_px, train_size, dask_key_name=f"lptem-plan-{tok}"
+        )
+    else:
+        plan = _make_plan(None, "dark" if polarity == "auto" else polarity, particle_size_px,
+                          train_size)
+    spec_d = dask.delayed(spec, pure=True, name=f"lptem-model-{spec.sha256[:16]}")
+
+    n_heads = len(heads)
+    out = da.map_blocks(
+        predict_block,
+        data,
+        spec_d,
+        plan,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), np.float32),
+        new_axis=1,
+        chunks=(data.chunks[0], (n_heads,), data.chunks[1], data.chunks[2]),
+        name=f"lptem-unet-{dask.base.tokenize(tok, batch_size, device, precision, tile_size, tile_overlap)}",
+    )
+    attrs = {
+        "model_sha256": spec.sha256,
+        "polarity": polarity,
+        "particle_size_px": "auto" if particle_size_px is None else float(particle_size_px),
+        "model_particle_size_px": train_size if train_size is not None else "none",
+        "units": "1",
+    }
+    coords = {k: v for k, v in video.coords.items()}
+    ds = xr.Dataset(
+        {
+            name: xr.DataArray(out[:, i], dims=("frame", "y", "x"), coords=coords, attrs=dict(attrs))
+            for i, name in enumerate(heads)
+        },
+        attrs={k: v for k, v in video.attrs.items() if k != "history"},
+    )
+    history = list(video.attrs.get("history", []))
+    from .._version import __version__
+
+    history.append(
+        {"step": "predict_maps", "version": __version__, "model_sha256": spec.sha256,
+         "polarity": polarity, "particle_size_px": attrs["particle_size_px"]}
+    )
+    ds.attrs["history"] = history
+    return ds
+
+
+def predict_probability(
+    video: xr.DataArray,
+    *,
+    model: Any = "default",
+    particle_size_px: float | None = None,
+    polarity: str = "dark",
+    batch_size: int = 4,
+    device: str | None = None,
+    precision: str = "auto",
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+) -> xr.DataArray:
+    """Per-pixel particle probability for every frame (lazy).
+
+    Parameters are those of :func:`predict_maps`.
+
+    Returns
+    -------
+    xr.DataArray (frame, y, x) float32
+        Named ``probability``, values in [0, 1], chunked as ``video``.
+
+    Examples
+    --------
+    >>> import numpy as np, lptem_dask as lp
+    >>> from lptem_dask.segment.unet import build_unet
+    >>> video = lp.from_array(np.random.rand(2, 32, 32), pixel_size_nm=1.0, frame_interval_s=1.0)
+    >>> prob = lp.predict_probability(video, model=build_unet({"preset": "fast", "depth": 2, "base_width": 4}))
+    >>> prob.dtype, prob.shape
+    (dtype('float32'), (2, 32, 32))
+    """
+    ds = predict_maps(
+        video,
+        model=model,
+        particle_size_px=particle_size_px,
+        polarity=polarity,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+    )
+    prob = ds["probability"].rename("probability")
+    prob.attrs["history"] = ds.attrs["history"]
+    return prob
+
+
+def segment(
+    video: xr.DataArray,
+    *,
+    model: Any = "default",
+    particle_size_px: float | None = None,
+    polarity: str = "dark",
+    threshold: float = 0.5,
+    **kwargs: Any,
+) -> xr.DataArray:
+    """Instance labels for every frame (lazy): :func:`predict_maps` then ``label_frames``.
+
+    Uses the richest maps the model has (probability plus boundary or
+    distance, to separate touching particles).
+
+    Parameters
+    ----------
+    video, model, particle_size_px, polarity
+        As in :func:`predict_maps`.
+    threshold : float
+        Probability threshold.
+    **kwargs
+        Passed to :func:`predict_maps` (``batch_size``, ``device``,
+        ``precision``, ``tile_size``, ``tile_overlap``) or to ``label_frames``
+        (any other keyword, e.g. ``min_area_px``).
+
+    Returns
+    -------
+    xr.DataArray (frame, y, x) int32
+        0 for background, 1..k for the particles of each frame.
+    """
+    from .postprocess import label_frames
+
+    map_keys = {"batch_size", "device", "precision", "tile_size", "tile_overlap"}
+    map_kw = {k: v for k, v in kwargs.items() if k in map_keys}
+    label_kw = {k: v for k, v in kwargs.items() if k not in map_keys}
+    maps = predict_maps(
+        video, model=model, particle_size_px=particle_size_px, polarity=polarity, **map_kw
+    )
+    arg: xr.Dataset | xr.DataArray = maps if len(maps.data_vars) > 1 else maps["probability"]
+    return label_frames(arg, threshold=threshold, **label_kw)
+
+
+def _devices() -> Sequence[str]:  # pragma: no cover - informational
+    return [str(resolve_device(None))]
