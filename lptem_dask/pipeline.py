@@ -43,7 +43,18 @@ import pandas as pd
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
 from .errors import ConfigError, InputError, LptemError, StoreError
-from .store import IMAGE, LABELS, aux_dir, remove_path, store_lock, table_path
+from .store import (
+    IMAGE,
+    LABELS,
+    LABELS_ARRAY,
+    aux_dir,
+    create_labels_array,
+    open_store_dataset,
+    remove_path,
+    store_lock,
+    table_path,
+    write_ngff_metadata,
+)
 
 __all__ = ["run_pipeline", "plan_video", "VideoPlan", "CHUNK_STAGES", "STATE_DIR"]
 
@@ -274,7 +285,7 @@ def _chunk_outputs_exist(store: Path, stage: str, chunk: int, map_vars: Sequence
     if stage == "maps":
         return all(_zarr_chunk_exists(store, v, chunk) for v in map_vars)
     if stage == "labels":
-        return _zarr_chunk_exists(store, LABELS, chunk)
+        return _zarr_chunk_exists(store, LABELS_ARRAY, chunk)
     if stage == "regions":
         return (table_path(store, "regions") / f"part-{chunk:06d}.parquet").exists()
     raise ValueError(stage)  # pragma: no cover
@@ -314,8 +325,15 @@ def plan_video(
 
     map_vars = _ensure_map_arrays(video, store, step, config, hashes)
     if _stage_record(store, "labels").get("hash") != hashes["labels"]:
-        _create_array(store, LABELS, video, step, np.dtype("int32"), config)
+        create_labels_array(
+            store, video.shape, (step, *video.shape[1:]), compressors=_compressors(config)
+        )
         _set_stage_record(store, "labels", {"hash": hashes["labels"], "complete": False})
+    write_ngff_metadata(
+        store,
+        pixel_size_nm=float(video.attrs.get("pixel_size_nm", 1.0)),
+        frame_interval_s=float(video.attrs.get("frame_interval_s", 1.0)),
+    )
     for stage in ALL_STAGES:
         if _stage_record(store, stage).get("hash") != hashes[stage]:
             _set_stage_record(store, stage, {"hash": hashes[stage], "complete": False})
@@ -424,10 +442,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _open_chunk(store: Path, a: int, b: int):
-    import xarray as xr
-
-    ds = xr.open_zarr(str(store), consolidated=False, zarr_format=3)
-    return ds.isel(frame=slice(a, b))
+    return open_store_dataset(store).isel(frame=slice(a, b))
 
 
 def _write_region(store: Path, name: str, a: int, values: np.ndarray) -> None:
@@ -487,7 +502,7 @@ def task_labels(
     maps = ds[list(map_vars)].load()
     arg = maps if len(map_vars) > 1 else maps[map_vars[0]]
     labels = label_frames(arg, **kwargs).compute(scheduler="synchronous")
-    _write_region(Path(store), LABELS, a, np.asarray(labels.values, dtype=np.int32))
+    _write_region(Path(store), LABELS_ARRAY, a, np.asarray(labels.values, dtype=np.int32))
     _finish_chunk(Path(store), "labels", chunk, stage_hash)
     return chunk
 

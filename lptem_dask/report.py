@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StoreError
-from .store import IMAGE, LABELS, atomic_path, mark_aux_dir, table_path
+from .store import IMAGE, LABELS, atomic_path, mark_aux_dir, open_store_dataset, table_path
 
 __all__ = ["write_report", "overlay_frame", "add_scale_bar"]
 
@@ -231,15 +231,9 @@ def write_report(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import xarray as xr
 
     store = Path(store)
-    try:
-        ds = xr.open_zarr(str(store), consolidated=False)
-    except Exception as exc:
-        raise StoreError(
-            f"cannot open store {str(store)!r} ({exc}); run `lptem run` or `lptem ingest` first"
-        ) from None
+    ds = open_store_dataset(store)
     if IMAGE not in ds:
         raise StoreError(f"store {str(store)!r} has no `image` array; run `lptem ingest` first")
     attrs = dict(ds[IMAGE].attrs)

@@ -6,7 +6,8 @@ A *store* is a Zarr v3 group directory, conventionally ``NAME.zarr``::
       zarr.json              group metadata; attrs["lptem"] holds history and configs
       image/                 (frame, y, x) raw frames, written by ``ingest``
       probability/           (frame, y, x) float32 U-Net probability
-      labels/                (frame, y, x) int32 particle instances
+      labels/particles/0     (frame, y, x) int32 particle instances (where OME-Zarr
+                             viewers look for label images; see open_store_dataset)
       tables/
         regions.parquet/     one row per particle per frame (one part per frame chunk)
         contours.parquet/    outlines resampled at uniform arc length
@@ -41,6 +42,10 @@ __all__ = [
     "store_lock",
     "aux_dir",
     "mark_aux_dir",
+    "LABELS_ARRAY",
+    "write_ngff_metadata",
+    "create_labels_array",
+    "open_store_dataset",
 ]
 
 IMAGE = "image"
@@ -212,3 +217,132 @@ def aux_dir(store: str | os.PathLike, name: str) -> Path:
     for i in range(1, len(rel) + 1):
         mark_aux_dir(store.joinpath(*rel[:i]))
     return path
+
+
+# --------------------------------------------------------------------------- NGFF / xarray views
+#
+# The particle instances live where OME-Zarr (NGFF 0.5) viewers look for label
+# images, ``labels/particles/0``, so napari and other NGFF viewers open the
+# image and its labels; :func:`open_store_dataset` presents them to xarray as
+# the variable ``labels`` beside ``image`` and the U-Net maps.
+
+LABELS_GROUP = "labels/particles"
+LABELS_ARRAY = "labels/particles/0"
+NGFF_VERSION = "0.5"
+
+
+def _ngff_axes() -> list[dict]:
+    return [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "y", "type": "space", "unit": "nanometer"},
+        {"name": "x", "type": "space", "unit": "nanometer"},
+    ]
+
+
+def _ngff_multiscales(
+    name: str, path: str, pixel_size_nm: float, frame_interval_s: float
+) -> list[dict]:
+    return [
+        {
+            "name": name,
+            "axes": _ngff_axes(),
+            "datasets": [
+                {
+                    "path": path,
+                    "coordinateTransformations": [
+                        {
+                            "type": "scale",
+                            "scale": [
+                                float(frame_interval_s),
+                                float(pixel_size_nm),
+                                float(pixel_size_nm),
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+    ]
+
+
+def write_ngff_metadata(
+    store: str | os.PathLike, *, pixel_size_nm: float, frame_interval_s: float, name: str = "image"
+) -> None:
+    """Add OME-Zarr 0.5 ``multiscales`` (and ``labels`` where present) to a store's groups."""
+    import zarr
+
+    store = Path(store)
+    root = zarr.open_group(str(store), mode="a", zarr_format=3)
+    ome = dict(root.attrs.get("ome", {}))
+    ome.update(
+        version=NGFF_VERSION,
+        multiscales=_ngff_multiscales(name, IMAGE, pixel_size_nm, frame_interval_s),
+    )
+    root.attrs["ome"] = ome
+    if (store / LABELS_ARRAY / "zarr.json").exists():
+        lab_root = zarr.open_group(str(store / "labels"), mode="a", zarr_format=3)
+        lab_root.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["particles"]}
+        grp = zarr.open_group(str(store / LABELS_GROUP), mode="a", zarr_format=3)
+        grp.attrs["ome"] = {
+            "version": NGFF_VERSION,
+            "multiscales": _ngff_multiscales("particles", "0", pixel_size_nm, frame_interval_s),
+            "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+        }
+
+
+def create_labels_array(
+    store: str | os.PathLike, shape: tuple[int, ...], chunks: tuple[int, ...], *, compressors=None
+):
+    """Create the int32 particle-instance array at ``labels/particles/0`` (fill 0)."""
+    import zarr
+
+    store = Path(store)
+    remove_path(store / "labels")
+    zarr.open_group(str(store / "labels"), mode="a", zarr_format=3)
+    grp = zarr.open_group(str(store / LABELS_GROUP), mode="a", zarr_format=3)
+    return grp.create_array(
+        "0",
+        shape=tuple(shape),
+        chunks=tuple(chunks),
+        dtype="int32",
+        dimension_names=("frame", "y", "x"),
+        compressors=compressors,
+        fill_value=0,
+        overwrite=True,
+    )
+
+
+def open_store_dataset(store: str | os.PathLike, *, chunks: dict | str | None = None):
+    """The store's arrays as one lazy ``xr.Dataset``: image, U-Net maps and ``labels``.
+
+    Raises
+    ------
+    StoreError
+        If ``store`` is not a Zarr store.
+    """
+    import warnings
+
+    import xarray as xr
+
+    from .errors import StoreError
+
+    store = Path(store)
+    if not (store / "zarr.json").exists():
+        raise StoreError(
+            f"{str(store)!r} is not a lptem store (no zarr.json); create one with "
+            "`lptem ingest VIDEO STORE` or `lptem run CONFIG`"
+        )
+    kw = {} if chunks is None else {"chunks": chunks}
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*not recognized as a component of a Zarr hierarchy"
+        )
+        ds = xr.open_zarr(str(store), consolidated=False, zarr_format=3, **kw)
+        if (store / LABELS_ARRAY / "zarr.json").exists():
+            lab = xr.open_zarr(
+                str(store), group=LABELS_GROUP, consolidated=False, zarr_format=3, **kw
+            )["0"]
+            ds[LABELS] = lab.assign_coords(
+                {c: ds.coords[c] for c in ds.coords if set(ds.coords[c].dims) <= set(lab.dims)}
+            )
+    return ds

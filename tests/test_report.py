@@ -10,7 +10,7 @@ import xarray as xr
 
 from lptem_dask.errors import OutputExistsError
 from lptem_dask.report import write_report
-from lptem_dask.store import table_path
+from lptem_dask.store import create_labels_array, table_path, write_ngff_metadata
 
 
 def _make_store(path: Path) -> Path:
@@ -28,13 +28,12 @@ def _make_store(path: Path) -> Path:
             rows.append({"frame": f, "label": k, "y": cy, "x": cx, "particle": k - 1})
     coords = {"frame": np.arange(nf), "time": ("frame", np.arange(nf) * 0.1)}
     ds = xr.Dataset(
-        {
-            "image": (("frame", "y", "x"), image, {"pixel_size_nm": 2.0, "frame_interval_s": 0.1}),
-            "labels": (("frame", "y", "x"), labels),
-        },
+        {"image": (("frame", "y", "x"), image, {"pixel_size_nm": 2.0, "frame_interval_s": 0.1})},
         coords=coords,
     )
     ds.to_zarr(path, consolidated=False, zarr_format=3)
+    create_labels_array(path, labels.shape, labels.shape)[:] = labels
+    write_ngff_metadata(path, pixel_size_nm=2.0, frame_interval_s=0.1)
     tp = table_path(path, "tracks")
     tp.mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(tp / "part-000000.parquet")
@@ -124,3 +123,23 @@ def test_report_renders_in_headless_chromium(tmp_path: Path):
     out = Path(os.environ.get("LPTEM_ARTIFACTS", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, out / "report_screenshot.png")
+
+
+def test_store_opens_in_ome_zarr(tmp_path: Path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from lptem_dask.store import open_store_dataset
+
+    store = _make_store(tmp_path / "v.zarr")
+    ds = open_store_dataset(store)
+    assert set(ds.data_vars) >= {"image", "labels"}
+    assert ds["labels"].dims == ("frame", "y", "x") and ds["labels"].dtype == np.int32
+    nodes = list(Reader(parse_url(str(store)))())
+    image_node = nodes[0]
+    assert image_node.data[0].shape == (6, 64, 64)
+    axes = image_node.metadata["axes"]
+    assert [a["type"] for a in axes] == ["time", "space", "space"]
+    label_nodes = [n for n in nodes if any(type(s).__name__ == "Label" for s in n.specs)]
+    assert label_nodes, "ome-zarr found no label image"
+    assert any(n.data[0].shape == (6, 64, 64) and n.data[0].dtype == np.int32 for n in label_nodes)
