@@ -104,6 +104,7 @@ class Header:
     time_s: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)  # full attrs (own zarr stores only)
     coords: dict = field(default_factory=dict)  # coords with attrs (own zarr stores only)
+    frames_per_chunk: int | None = None  # storage chunking to follow for chunks="auto"
 
 
 def length_to_nm(value: float, unit: str | None) -> float | None:
@@ -435,13 +436,15 @@ def read_header_zarr(path: str) -> Header:
                     f"to lptem_dask.from_array"
                 )
             arr = arrays[0][1]
-        dims = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get("_ARRAY_DIMENSIONS")
+        dims: Any = getattr(arr.metadata, "dimension_names", None) or arr.attrs.get(
+            "_ARRAY_DIMENSIONS"
+        )
         if dims is not None and tuple(dims) == ("frame", "y", "x"):
             attrs = _clean_attrs(dict(arr.attrs))
             for name in ("frame", "time", "y", "x"):
-                if name in node and isinstance(node[name], zarr.Array):
-                    c = node[name]
-                    cdims = getattr(c.metadata, "dimension_names", None) or c.attrs.get(
+                c = node.get(name)
+                if isinstance(c, zarr.Array):
+                    cdims: Any = getattr(c.metadata, "dimension_names", None) or c.attrs.get(
                         "_ARRAY_DIMENSIONS"
                     )
                     coords[name] = (tuple(cdims or ("frame",)), c[...], _clean_attrs(dict(c.attrs)))
@@ -458,7 +461,18 @@ def read_header_zarr(path: str) -> Header:
     pixel_nm = attrs.get("pixel_size_nm") if attrs.get("pixel_size_known", True) else None
     interval = attrs.get("frame_interval_s") if attrs.get("frame_interval_known", True) else None
     times = coords["time"][1] if "time" in coords else None
-    return Header(path, "zarr", data, pixel_nm, interval, times, attrs=attrs, coords=coords)
+    stored = int(arr.chunks[0]) if arr.ndim == 3 else 1
+    return Header(
+        path,
+        "zarr",
+        data,
+        pixel_nm,
+        interval,
+        times,
+        attrs=attrs,
+        coords=coords,
+        frames_per_chunk=stored,
+    )
 
 
 # --------------------------------------------------------------------- video

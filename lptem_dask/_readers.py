@@ -242,8 +242,9 @@ def read_image_file(path: str, dtype: np.dtype) -> np.ndarray:
 
             with Image.open(path) as img:
                 if img.mode in ("P", "PA", "1", "CMYK", "YCbCr", "HSV", "LAB"):
-                    img = img.convert("RGB")
-                arr = np.asarray(img)
+                    arr = np.asarray(img.convert("RGB"))
+                else:
+                    arr = np.asarray(img)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
         raise FormatError(
             f"{path!r}: cannot decode the image ({exc}); the file is truncated or corrupt: "
@@ -277,7 +278,7 @@ class ImageFolderSource(FrameSource):
         return out
 
     def __dask_tokenize__(self) -> tuple:
-        stamps = []
+        stamps: list[tuple] = []
         for f in (self.files[0], self.files[-1]):
             try:
                 st = os.stat(f)

@@ -197,7 +197,9 @@ def from_array(
             f"`array` must be 2-D (y, x) or 3-D (frame, y, x), got {array.ndim}-D shape {shape}"
         )
     dtype = np.dtype(array.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"):
+    if not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype.kind == "b"
+    ):
         raise InputError(
             f"`array` must have a real numeric dtype (integer or float), got {dtype}; convert "
             f"it, e.g. np.abs(array) for complex data"
@@ -264,7 +266,10 @@ def _as_frame_array(header: Header, chunks: int | str | None) -> da.Array:
     src = header.source
     n, ny, nx = (int(s) for s in src.shape)
     dtype = np.dtype(src.dtype)
-    size = video_chunks(n, ny * nx * dtype.itemsize, "auto" if chunks is None else chunks)
+    if (chunks is None or chunks == "auto") and header.frames_per_chunk:
+        size = min(n, header.frames_per_chunk)  # follow the storage chunks
+    else:
+        size = video_chunks(n, ny * nx * dtype.itemsize, "auto" if chunks is None else chunks)
     chunk_spec = (_frame_chunks(n, size), (ny,), (nx,))
     if isinstance(src, _readers.FrameSource):
         token = dask.base.tokenize(src, size)
@@ -305,7 +310,8 @@ def open_video(
     frame_interval_s : float, optional
         Time between frames in s; overrides the file's (then ``time`` is uniform).
     chunks : int or "auto"
-        Frames per chunk, or "auto" for whole frames totalling about 32 MB.
+        Frames per chunk, or "auto" for whole frames totalling about 32 MB
+        (Zarr stores: their own frame chunking).
 
     Returns
     -------
@@ -495,7 +501,7 @@ def ingest(
     FormatError, InputError
         For unreadable input or bad parameters.
     """
-    import zarr
+    from zarr.codecs import ZstdCodec
 
     final = check_output_path(dst, overwrite=overwrite, what="ingest output")
     chunk_mb = _positive(chunk_mb, "chunk_mb")
@@ -541,18 +547,26 @@ def ingest(
     encoding = {
         IMAGE: {
             "chunks": (size, ny, nx),
-            "compressors": (zarr.codecs.ZstdCodec(level=int(compression_level)),),
+            "compressors": (ZstdCodec(level=int(compression_level)),),
         }
     }
-    write_kw = dict(mode="w", zarr_format=3, consolidated=False, encoding=encoding)
     if compute:
         with atomic_path(final, overwrite=overwrite) as tmp:
-            ds.to_zarr(tmp, compute=True, **write_kw)
+            ds.to_zarr(
+                tmp,
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+                compute=True,
+            )
         logger.info("ingested %s -> %s (%d frames, %d per chunk)", src_name, final, n, size)
         return final
     tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:12]}")
     try:
-        write = ds.to_zarr(tmp, compute=False, **write_kw)
+        write = ds.to_zarr(
+            tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=False
+        )
     except BaseException:
         remove_path(tmp)
         raise

@@ -287,7 +287,9 @@ def test_folder_tiff_and_rgb_png(tmp_path):
         Image.fromarray(np.full((6, 7, 3), (10 * i, 100, 200), np.uint8)).save(d / f"{i}.png")
     v = open_video(d)
     assert v.dtype == np.uint8
-    np.testing.assert_array_equal(v.values[:, 0, 0], np.rint(0.587 * 100 + 0.114 * 200 + 0.299 * np.array([0, 10])))
+    np.testing.assert_array_equal(
+        v.values[:, 0, 0], np.rint(0.587 * 100 + 0.114 * 200 + 0.299 * np.array([0, 10]))
+    )
 
 
 def test_single_png_file_is_one_frame(tmp_path):
@@ -392,9 +394,12 @@ def write_mrc(path: Path, data: np.ndarray, pixel_A: float) -> None:
     h = np.zeros(256, "<i4")
     f = h.view("<f4")
     h[0:3] = [nx, ny, nz]
-    h[3] = {np.dtype("int8"): 0, np.dtype("int16"): 1, np.dtype("float32"): 2, np.dtype("uint16"): 6}[
-        data.dtype
-    ]
+    h[3] = {
+        np.dtype("int8"): 0,
+        np.dtype("int16"): 1,
+        np.dtype("float32"): 2,
+        np.dtype("uint16"): 6,
+    }[data.dtype]
     h[7:10] = [nx, ny, nz]
     f[10:13] = [nx * pixel_A, ny * pixel_A, nz * pixel_A]
     f[13:16] = 90.0
