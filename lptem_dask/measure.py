@@ -146,7 +146,7 @@ def resample_closed(points: np.ndarray, *, step_px: float = 1.0, min_points: int
     return np.column_stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])])
 
 
-def closed_curvature(points: np.ndarray, *, sigma_px: float = 1.5) -> np.ndarray:
+def closed_curvature(points: np.ndarray, *, sigma_px: float = 2.0) -> np.ndarray:
     """Signed curvature (1/px) of a closed outline sampled at uniform arc length.
 
     The outline is smoothed along its arc by a Gaussian of ``sigma_px`` and
@@ -188,7 +188,10 @@ def closed_curvature(points: np.ndarray, *, sigma_px: float = 1.5) -> np.ndarray
     ddX, ddY = np.fft.ifft(-(k**2) * FX).real, np.fft.ifft(-(k**2) * FY).real
     speed = np.hypot(dX, dY)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (dX * ddY - dY * ddX) / speed**3
+        kappa = (dX * ddY - dY * ddX) / speed**3
+    # Gaussian smoothing shrinks a circle of radius R by exp(-sigma^2 / 2R^2), so it
+    # raises its curvature by the inverse factor; undo that to first order.
+    return kappa * np.exp(-0.5 * (sigma_px * kappa) ** 2)
 
 
 # --------------------------------------------------------------------- descriptors
@@ -376,10 +379,10 @@ def _outline_in_frame(
     mask = crop == lab
     field = None
     if prob is not None:
-        allowed = ndi.binary_dilation(mask, iterations=2) & ((crop == 0) | mask)
+        allowed = (crop == 0) | mask  # other particles' pixels cut the field
         field = np.where(allowed, np.asarray(prob[y0:y1, x0:x1], np.float64), 0.0)
         if sigma_px > 0:
-            field = ndi.gaussian_filter(field, 0.5 * sigma_px, mode="constant")
+            field = ndi.gaussian_filter(field, sigma_px, mode="constant")
     outline = region_outline(mask, field=field, sigma_px=sigma_px)
     return outline + np.array([y0, x0], np.float64) if len(outline) else outline
 
@@ -406,9 +409,9 @@ def _frame_contours(
             continue
         pts = resample_closed(outline, step_px=step_px, min_points=8)
         kappa = closed_curvature(pts, sigma_px=curvature_sigma_px)
-        seg = np.hypot(*np.diff(np.vstack([pts, pts[:1]]), axis=0).T)
-        arc = np.concatenate([[0.0], np.cumsum(seg)[:-1]])
         m = len(pts)
+        perimeter = np.sum(np.hypot(*np.diff(np.vstack([outline, outline[:1]]), axis=0).T))
+        arc = np.arange(m) * (perimeter / m)  # uniform arc length along the outline
         parts.append(
             pd.DataFrame(
                 {
@@ -484,7 +487,7 @@ def _contours_block(
     pixel_size_nm: float,
     step_px: float = 1.0,
     contour_sigma_px: float = 1.0,
-    curvature_sigma_px: float = 1.5,
+    curvature_sigma_px: float = 2.0,
 ) -> pd.DataFrame:
     """Contours table of one block of frames (pure kernel of :func:`measure_contours`)."""
     labels = np.asarray(labels)
@@ -662,7 +665,7 @@ def measure_contours(
     pixel_size_nm: float | None = None,
     step_px: float = 1.0,
     contour_sigma_px: float = 1.0,
-    curvature_sigma_px: float = 1.5,
+    curvature_sigma_px: float = 2.0,
 ) -> dd.DataFrame:
     """Outlines of every particle, at uniform arc length, with signed curvature (lazy).
 
