@@ -59,7 +59,7 @@ from . import _readers
 from ._io_formats import Header, detect_format, read_header
 from ._version import __version__
 from .errors import InputError
-from .store import IMAGE, atomic_path, check_output_path, remove_path
+from .store import IMAGE, atomic_path, check_output_path, remove_path, write_ngff_metadata
 
 __all__ = ["from_array", "open_video", "describe", "ingest", "video_chunks"]
 
@@ -442,8 +442,16 @@ def _ingest_record(src: str, params: dict) -> dict:
     }
 
 
-def _commit_store(_written: Any, tmp: str, final: str, overwrite: bool) -> str:
-    """Move a completely written temporary store into place (atomically)."""
+def _commit_store(
+    _written: Any,
+    tmp: str,
+    final: str,
+    overwrite: bool,
+    pixel_size_nm: float,
+    frame_interval_s: float,
+) -> str:
+    """Add OME-Zarr metadata to a completely written temporary store, move it into place."""
+    write_ngff_metadata(tmp, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s)
     with atomic_path(final, overwrite=overwrite) as target:
         os.replace(tmp, target)
     return final
@@ -464,7 +472,8 @@ def ingest(
 
     The store at ``dst`` is a group directory with the array ``image``
     (frame, y, x) written by :meth:`xarray.Dataset.to_zarr`, its coordinates
-    and attributes (calibration, source, history with an ``ingest`` record).
+    and attributes (calibration, source, history with an ``ingest`` record),
+    and OME-Zarr 0.5 ``multiscales`` metadata on the group (for NGFF viewers).
     Frames are read and written chunk by chunk, so memory stays bounded by a
     few chunks, not by the video length. The store is written to a temporary
     sibling and renamed into place when complete.
@@ -543,6 +552,8 @@ def ingest(
         **video.attrs,
         "history": [*video.attrs.get("history", []), _ingest_record(src_name, params)],
     }
+    px = float(video.attrs.get("pixel_size_nm", 1.0))
+    dt = float(video.attrs.get("frame_interval_s", 1.0))
     ds = video.to_dataset(name=IMAGE)
     encoding = {
         IMAGE: {
@@ -560,6 +571,7 @@ def ingest(
                 encoding=encoding,
                 compute=True,
             )
+            write_ngff_metadata(tmp, pixel_size_nm=px, frame_interval_s=dt)
         logger.info("ingested %s -> %s (%d frames, %d per chunk)", src_name, final, n, size)
         return final
     tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:12]}")
@@ -570,4 +582,4 @@ def ingest(
     except BaseException:
         remove_path(tmp)
         raise
-    return dask.delayed(_commit_store, pure=False)(write, str(tmp), str(final), overwrite)
+    return dask.delayed(_commit_store, pure=False)(write, str(tmp), str(final), overwrite, px, dt)

@@ -33,6 +33,11 @@ def test_ingest_tiff_round_trip_and_layout(tmp_path):
     assert ingest(src, dst) == dst
     meta = json.loads((dst / "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
+    (ms,) = meta["attributes"]["ome"]["multiscales"]  # OME-Zarr viewers find the image
+    assert ms["datasets"][0]["path"] == "image"
+    np.testing.assert_allclose(
+        ms["datasets"][0]["coordinateTransformations"][0]["scale"], [0.1, 0.5, 0.5]
+    )
     arr = zarr.open_array(dst / "image", mode="r")
     assert arr.metadata.zarr_format == 3 and arr.dtype == np.uint16
     assert any(type(c).__name__ == "ZstdCodec" for c in arr.compressors)
