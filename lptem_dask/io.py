@@ -430,6 +430,29 @@ def describe(path_or_video: str | os.PathLike | xr.DataArray) -> dict[str, Any]:
     }
 
 
+#: threads used by ingest under the local threaded scheduler: each holds about
+#: three chunks (read, encode, compressed), so memory stays bounded whatever the core count
+INGEST_THREADS = 4
+
+
+def _compute_bounded(obj: Any) -> None:
+    """Compute ``obj``; under the local threaded scheduler with at most INGEST_THREADS threads."""
+    try:
+        from distributed import default_client
+
+        default_client()
+        dask.compute(obj)  # a distributed cluster bounds memory per worker itself
+        return
+    except (ImportError, ValueError):
+        pass
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in (None, "threads", "threading"):
+        workers = max(1, min(INGEST_THREADS, os.cpu_count() or 1))
+        dask.compute(obj, scheduler="threads", num_workers=workers)
+    else:
+        dask.compute(obj)
+
+
 def _ingest_record(src: str, params: dict) -> dict:
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return {
@@ -563,14 +586,15 @@ def ingest(
     }
     if compute:
         with atomic_path(final, overwrite=overwrite) as tmp:
-            ds.to_zarr(
+            write = ds.to_zarr(
                 tmp,
                 mode="w",
                 zarr_format=3,
                 consolidated=False,
                 encoding=encoding,
-                compute=True,
+                compute=False,
             )
+            _compute_bounded(write)
             write_ngff_metadata(tmp, pixel_size_nm=px, frame_interval_s=dt)
         logger.info("ingested %s -> %s (%d frames, %d per chunk)", src_name, final, n, size)
         return final
