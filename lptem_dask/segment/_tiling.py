@@ -4,10 +4,10 @@ A frame larger than the tile is cut into tiles whose origins are multiples of
 the network's size multiple (``2**depth``), so every tile sees the same
 max-pooling grid as a whole-frame pass. Neighbouring tiles overlap by
 ``overlap`` pixels. Each tile's output is weighted by a separable window that
-is 0 over the outer ``overlap // 4`` pixels of a tile side that faces a
+is 0 over the outer ``overlap // 3`` pixels of a tile side that faces a
 neighbour (where zero padding of the tile edge distorts the output), rises as
-``sin^2`` across the middle of the overlap, and is 1 elsewhere and along frame
-borders. The two ramps of a pair of neighbours sum to exactly 1, so the
+``sin^2`` across the middle third of the overlap, and is 1 elsewhere and along
+frame borders. The two ramps of a pair of neighbours sum to exactly 1, so the
 blended output equals the whole-frame output wherever the network's effective
 receptive field fits inside the overlap's trusted part.
 """
@@ -61,8 +61,8 @@ def tile_starts(size: int, tile: int, overlap: int, multiple: int) -> list[int]:
 
 
 def _ramp(n_overlap: int) -> np.ndarray:
-    """Rising edge over the overlap: 0 for the outer quarter, sin^2 over the middle half."""
-    m = n_overlap // 4
+    """Rising edge over the overlap: 0 for the outer third, sin^2 over the middle third."""
+    m = n_overlap // 3
     core = n_overlap - 2 * m
     r = np.zeros(n_overlap, np.float64)
     if core > 0:

@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 #: model (benchmarks/bench_inference.py): see that file's docstring.
 CPU_AUTO_BFLOAT16 = False
 #: frames (after rescaling) up to this many pixels a side go through in one piece
-WHOLE_FRAME_MAX_PX = 1024
-DEFAULT_TILE_PX = 512
+WHOLE_FRAME_MAX_PX = 2048
+DEFAULT_TILE_PX = 1024
 _PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -309,7 +309,8 @@ def predict_maps(
         :data:`CPU_AUTO_BFLOAT16` (set by measurement), else float32.
     tile_size, tile_overlap : int, optional
         Tile side and overlap (px, after rescaling). None: whole frames up to
-        1024 px, else 512-px tiles overlapping by a quarter.
+        2048 px, else 1024-px tiles overlapping by a quarter (blended over
+        the middle third of each overlap, see :mod:`._tiling`).
 
     Returns
     -------

@@ -1,0 +1,285 @@
+"""Dask inference: dtype invariance, tiling, chunking, laziness, model transport, checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from lptem_dask.errors import InputError, ModelError
+from lptem_dask.segment import _model_cache
+from lptem_dask.segment._checkpoint import save_checkpoint
+from lptem_dask.segment._scale import estimate_particle_size_px
+from lptem_dask.segment.infer import predict_maps, predict_probability, segment
+from lptem_dask.segment.unet import build_unet
+
+
+def make_discs(n_frames, size, diam, *, cnr=3.0, seed=0, density=0.15):
+    """Dark discs (diameter ``diam`` +-20 %) on a bright, noisy background (uint8)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs, masks = [], []
+    for _ in range(n_frames):
+        m = np.zeros((size, size), bool)
+        k = max(1, int(density * size * size / (np.pi * diam**2 / 4)))
+        for _ in range(k):
+            d = diam * rng.uniform(0.8, 1.2)
+            cy, cx = rng.uniform(0, size, 2)
+            m |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (d / 2) ** 2
+        img = 150.0 - cnr * 12 * m + rng.normal(0, 12, m.shape)
+        imgs.append(np.clip(np.rint(img), 0, 255))
+        masks.append(m)
+    return np.array(imgs, np.uint8), np.array(masks)
+
+
+def tiny_net(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = {"preset": "fast", "depth": 2, "base_width": 4}
+    cfg.update(kw)
+    net = build_unet(cfg)
+    # give batch-norm layers non-trivial running statistics, and amplify the
+    # convolutions so the random network's output varies clearly with its input
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(3.0)
+    return net.eval()
+
+
+def video(arr, chunks=1):
+    return xr.DataArray(da.from_array(arr, chunks=(chunks, -1, -1)), dims=("frame", "y", "x"))
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return make_discs(5, 64, 10, seed=1)[0]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny_net()
+
+
+def test_output_dtype_range_and_coords(frames, net):
+    v = video(frames, 2).assign_coords(frame=np.arange(5), y=np.arange(64) + 0.5, x=np.arange(64) + 0.5)
+    prob = predict_probability(v, model=net)
+    assert prob.dtype == np.float32 and prob.dims == ("frame", "y", "x")
+    assert prob.chunks == v.chunks
+    p = prob.values
+    assert p.min() >= 0 and p.max() <= 1 and np.isfinite(p).all()
+    np.testing.assert_array_equal(prob["x"].values, v["x"].values)
+    ds = predict_maps(v, model=net)
+    assert list(ds.data_vars) == ["probability", "boundary"]
+    np.testing.assert_allclose(ds["probability"].values, p, atol=1e-6)
+
+
+def test_normalisation_makes_any_dtype_give_the_same_probability(frames, net):
+    ref = predict_probability(video(frames), model=net).values
+    for arr in (
+        frames.astype(np.uint16) * 257,
+        frames.astype(np.float32) / 255.0,
+        frames.astype(np.float64) * 1e6 + 3e7,
+        frames.astype(np.int16) - 128,
+    ):
+        out = predict_probability(video(arr), model=net).values
+        np.testing.assert_allclose(out, ref, atol=1e-3)
+    assert ref.std() > 0.02  # the network output is not constant
+
+
+def test_bright_polarity_equals_dark_on_the_negated_video(frames, net):
+    dark = predict_probability(video(frames), model=net, polarity="dark").values
+    inverted = (255 - frames).astype(np.uint8)
+    bright = predict_probability(video(inverted), model=net, polarity="bright").values
+    auto = predict_probability(video(inverted), model=net, polarity="auto").values
+    np.testing.assert_allclose(bright, dark, atol=1e-5)
+    np.testing.assert_allclose(auto, dark, atol=1e-5)
+    wrong = predict_probability(video(inverted), model=net, polarity="dark").values
+    assert np.abs(wrong - dark).max() > 0.05
+
+
+def test_tiled_equals_whole_frame_away_from_borders():
+    # the tiny network's receptive field has a radius of about 26 px: tiles
+    # trusted 32 px from their inner edges agree with the whole-frame pass
+    arr = make_discs(2, 192, 10, seed=2)[0]
+    net = tiny_net(seed=3)
+    whole = predict_probability(video(arr, 2), model=net).values
+    tiled = predict_probability(video(arr, 2), model=net, tile_size=128, tile_overlap=96).values
+    np.testing.assert_allclose(tiled[:, 8:-8, 8:-8], whole[:, 8:-8, 8:-8], atol=1e-3)
+    # control: too small an overlap shows seams, so the comparison can fail
+    seams = predict_probability(video(arr, 2), model=net, tile_size=64, tile_overlap=16).values
+    assert np.abs(seams - whole).max() > 1e-2
+
+
+def test_results_do_not_depend_on_chunking_or_batch_size(frames, net):
+    ref = predict_probability(video(frames, 5), model=net, batch_size=4).values
+    for chunks in [(1, 1, 1, 1, 1), (5,), (2, 3), (3, 1, 1)]:
+        v = xr.DataArray(da.from_array(frames, chunks=(chunks, -1, -1)), dims=("frame", "y", "x"))
+        out = predict_probability(v, model=net, batch_size=3).values
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+    # numpy-backed input works too
+    out = predict_probability(xr.DataArray(frames, dims=("frame", "y", "x")), model=net).values
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_building_the_graph_computes_nothing(frames, net):
+    def fail(*args, **kwargs):
+        raise AssertionError("the graph was computed while being built")
+
+    _model_cache.clear_cache()
+    card = {"heads": ["probability", "boundary"], "particle_size_px": {"median": 12.0}}
+    net.lptem_card = card  # training size known: the size is estimated lazily
+    try:
+        with dask.config.set(scheduler=fail):
+            prob = predict_probability(video(frames, 2), model=net, polarity="auto")
+            maps = predict_maps(video(frames, 2), model=net, particle_size_px=20.0)
+    finally:
+        del net.lptem_card
+    assert _model_cache.n_cached() == 0
+    assert isinstance(prob.data, da.Array) and isinstance(maps["boundary"].data, da.Array)
+    assert prob.shape == frames.shape
+
+
+def test_rescaling_maps_back_to_the_input_grid(frames, net):
+    net.lptem_card = {"heads": ["probability", "boundary"], "particle_size_px": {"median": 12.0}}
+    try:
+        same = predict_probability(video(frames), model=net, particle_size_px=12.0).values
+        half = predict_probability(video(frames), model=net, particle_size_px=24.0)
+        auto = predict_probability(video(frames), model=net)
+        assert half.shape == frames.shape and auto.shape == frames.shape
+        half_v = half.values
+    finally:
+        del net.lptem_card
+    ref = predict_probability(video(frames), model=net).values
+    np.testing.assert_allclose(same, ref, atol=1e-6)  # scale 1: no resampling
+    assert np.abs(half_v - ref).max() > 1e-3  # rescaled by 1/2 before the network
+
+
+@pytest.mark.parametrize("diam", [8, 20, 45])
+def test_particle_size_estimate_from_autocovariance(diam):
+    arr = make_discs(2, 256, diam, cnr=1.0, seed=diam)[0]
+    est = estimate_particle_size_px(arr)
+    assert est == pytest.approx(diam, rel=0.15)
+
+
+def test_module_reaches_each_worker_once(frames, net):
+    distributed = pytest.importorskip("distributed")
+    from lptem_dask.segment._model_cache import n_cached, n_deserialised
+
+    arr = np.concatenate([frames, frames])  # 10 frames in 10 chunks
+    expected = predict_probability(video(arr, 1), model=net).values
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        prob = predict_probability(video(arr, 1), model=net)
+        out = client.compute(prob.data).result()
+        counts = client.run(n_deserialised)
+        built = client.run(n_cached)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # every worker that ran chunks got the model once, not once per task (10 tasks)
+    assert all(c <= 1 for c in counts.values()), counts
+    assert sum(counts.values()) >= 1
+    assert all(b <= 1 for b in built.values()), built
+
+
+def test_checkpoint_round_trip(tmp_path, frames, net):
+    card = {"particle_size_px": {"median": 10.0, "p5": 8.0, "p95": 12.0}}
+    path = save_checkpoint(net, card, tmp_path / "m.safetensors")
+    from lptem_dask.models import load_model
+
+    module, loaded = load_model(path)
+    assert loaded["particle_size_px"]["median"] == 10.0
+    assert loaded["heads"] == ["probability", "boundary"]
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(module.state_dict()[k], v)
+    a = predict_probability(video(frames), model=path, particle_size_px=10.0).values
+    b = predict_probability(video(frames), model=tmp_path).values  # directory, size estimated
+    c = predict_probability(video(frames), model=net).values
+    np.testing.assert_allclose(a, c, atol=1e-6)
+    assert b.shape == c.shape
+    with pytest.raises(Exception, match="exists"):
+        save_checkpoint(net, card, tmp_path / "m.safetensors")
+
+
+def _evil_payload(target):
+    class Evil:
+        def __reduce__(self):
+            import builtins
+
+            return (builtins.exec, (f"open({str(target)!r}, 'w').write('pwned')",))
+
+    return pickle.dumps({"weight": Evil()})
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path, net):
+    target = tmp_path / "pwned.txt"
+    ckpt = tmp_path / "evil.pt"
+    ckpt.write_bytes(_evil_payload(target))
+    save_checkpoint(net, {}, tmp_path / "good.safetensors")
+    (tmp_path / "good.json").rename(tmp_path / "evil.json")  # a valid card beside it
+    from lptem_dask.models import load_model
+
+    with pytest.raises(ModelError, match="refused"):
+        load_model(ckpt)
+    # the same bytes under a .safetensors name are refused too
+    (tmp_path / "evil2.safetensors").write_bytes(_evil_payload(target))
+    (tmp_path / "evil2.json").write_text((tmp_path / "evil.json").read_text())
+    with pytest.raises(ModelError, match="safetensors"):
+        load_model(tmp_path / "evil2.safetensors")
+    assert not target.exists()
+    # control: unpickling the payload naively would have run the code
+    pickle.loads(_evil_payload(target))
+    assert target.read_text() == "pwned"
+
+
+def test_missing_or_bad_models_raise_model_error(tmp_path, frames):
+    from lptem_dask.models import default_model_paths, load_model
+
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    (tmp_path / "x.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="card"):
+        load_model(tmp_path / "x.safetensors")
+    if not default_model_paths()[0].exists():
+        with pytest.raises(ModelError, match="lptem train configs/train/default.yaml"):
+            predict_probability(video(frames), model="default")
+
+
+def test_bad_arguments_raise_input_error(frames, net):
+    with pytest.raises(InputError, match="dims"):
+        predict_probability(video(frames).rename(frame="t"), model=net)
+    with pytest.raises(InputError, match="polarity"):
+        predict_probability(video(frames), model=net, polarity="white")
+    with pytest.raises(InputError, match="particle_size_px"):
+        predict_probability(video(frames), model=net, particle_size_px=-1)
+    with pytest.raises(InputError, match="xarray"):
+        predict_probability(frames, model=net)
+
+
+def test_segment_labels_instances(net):
+    pytest.importorskip("lptem_dask.segment.postprocess")
+    arr = make_discs(2, 64, 10, seed=5)[0]
+    labels = segment(video(arr), model=net)
+    assert labels.dtype == np.int32 and labels.shape == arr.shape
+    lab = labels.values
+    prob = predict_probability(video(arr), model=net).values
+    assert ((lab > 0) == (prob > 0.5)).mean() > 0.95
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu_in_half_precision(frames, net):
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA GPU")
+    cpu = predict_probability(video(frames), model=net, device="cpu", precision="float32").values
+    gpu = predict_probability(video(frames), model=net, device="cuda").values
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2)
+    gpu32 = predict_probability(video(frames), model=net, device="cuda", precision="float32").values
+    np.testing.assert_allclose(gpu32, cpu, atol=1e-3)

@@ -1,0 +1,66 @@
+"""The U-Net architecture: presets, parameter count, FLOPs, configuration errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lptem_dask.errors import ConfigError
+from lptem_dask.segment.unet import PRESETS, UNetConfig, build_unet, count_flops, count_parameters
+
+
+def test_paper_preset_has_the_published_parameter_count():
+    assert count_parameters(build_unet("paper")) == 31_031_685
+
+
+def test_paper_preset_topology():
+    cfg = PRESETS["paper"]
+    assert (cfg.depth, cfg.base_width, cfg.norm, cfg.dropout, cfg.head_width) == (4, 64, "none", 0.5, 2)
+    net = build_unet("paper")
+    drops = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.5, 0.5]  # after the 512 and the 1024 blocks only
+    widths = [b[0].out_channels for b in net.down]
+    assert widths == [64, 128, 256, 512, 1024]
+
+
+def test_fast_preset_costs_at_most_a_tenth_of_the_paper_flops():
+    # FLOPs of these fully convolutional networks scale with the pixel count, so
+    # the ratio at 128 px equals the ratio at 512 px
+    paper = count_flops(build_unet("paper"), 128)
+    fast = count_flops(build_unet("fast"), 128)
+    assert fast / paper <= 0.1
+    assert fast / paper > 0.03  # sanity: it is the measured preset, not an empty network
+    assert count_flops(build_unet("fast"), 256) == pytest.approx(4 * fast, rel=0.01)
+
+
+def test_default_alias_and_heads():
+    assert PRESETS["default"] == PRESETS["fast"]
+    net = build_unet("default").eval()
+    assert net.heads == ("probability", "boundary")
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, 48, 64))
+    assert out.shape == (2, 2, 48, 64)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "group"])
+@pytest.mark.parametrize("up_mode", ["upsample_conv2", "transpose"])
+def test_configurable_network_runs(norm, up_mode):
+    net = build_unet(
+        {"depth": 2, "base_width": 4, "norm": norm, "up_mode": up_mode, "dropout": 0.2,
+         "heads": ["probability", "boundary", "distance"]}
+    ).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 1, 32, 32))
+    assert out.shape == (1, 3, 32, 32)
+    assert torch.isfinite(out).all()
+
+
+def test_bad_configs_raise_config_error():
+    with pytest.raises(ConfigError, match="unknown U-Net preset"):
+        build_unet("huge")
+    with pytest.raises(ConfigError, match="depth"):
+        build_unet({"depth": 0})
+    with pytest.raises(ConfigError, match="bogus"):
+        build_unet({"preset": "fast", "bogus": 1})
+    with pytest.raises(ValueError, match="probability"):
+        UNetConfig(heads=("boundary",))
