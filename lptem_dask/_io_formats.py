@@ -25,7 +25,7 @@ from ._readers import (
     TiffPageSource,
     VideoFileSource,
     check_frame_dims,
-    count_video_packets,
+    probe_video_packets,
 )
 from .errors import FormatError, require
 
@@ -479,7 +479,7 @@ def read_header_zarr(path: str) -> Header:
 
 
 def read_header_video(path: str) -> Header:
-    """Header of an .mp4/.avi: frame size, fps and frame count (packets, not decoded)."""
+    """Header of an .mp4/.avi: frame size and per-frame times from packets (not decoded)."""
     import imageio_ffmpeg
 
     try:
@@ -495,12 +495,25 @@ def read_header_video(path: str) -> Header:
             f"truncated, corrupt or not a video: re-export it as .mp4 or .avi"
         ) from exc
     w, h = meta["size"]
-    fps = float(meta.get("fps") or 0.0)
-    n = count_video_packets(path)
+    times, start_s = probe_video_packets(path)
+    n = len(times)
     check_frame_dims(path, n, int(h), int(w))
-    interval = 1.0 / fps if fps > 0 and np.isfinite(fps) else None
-    source = VideoFileSource(path, (n, int(h), int(w)), np.dtype(np.uint8), fps=fps or 1.0)
-    return Header(path, "video", source, None, interval, None)
+    interval: float | None = None
+    time_s: np.ndarray | None = None
+    if n > 1:
+        steps = np.diff(times)
+        interval = float(np.median(steps))
+        if interval <= 0:
+            interval = None
+        elif np.any(np.abs(steps - interval) > 0.01 * interval):
+            time_s = times - times[0]  # variable frame rate or dropped frames: gaps in time
+    else:
+        fps = float(meta.get("fps") or 0.0)
+        interval = 1.0 / fps if fps > 0 and np.isfinite(fps) else None
+    source = VideoFileSource(
+        path, (n, int(h), int(w)), np.dtype(np.uint8), times_s=times, start_s=start_s
+    )
+    return Header(path, "video", source, None, interval, time_s)
 
 
 # ----------------------------------------------------- TEM via rosettasciio

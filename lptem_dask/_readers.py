@@ -30,6 +30,7 @@ __all__ = [
     "TiffPageSource",
     "ImageFolderSource",
     "VideoFileSource",
+    "probe_video_packets",
     "decoded_frames",
     "reset_decoded_frames",
     "count_decoded",
@@ -295,25 +296,47 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def count_video_packets(path: str) -> int:
-    """Count the frames of a video's first video stream without decoding them.
+def probe_video_packets(path: str) -> tuple[np.ndarray, float]:
+    """Presentation times of every frame of a video's first video stream, not decoded.
 
-    Runs ``ffmpeg -i PATH -map 0:v:0 -c copy -f null -``: the stream is
-    demuxed and copied, not decoded.
+    Runs ``ffmpeg -i PATH -map 0:v:0 -c copy -f framecrc -``: packets are
+    demuxed and listed with their timestamps, never decoded.
+
+    Returns
+    -------
+    times_s : numpy.ndarray of float64, shape (frame,)
+        Presentation time of each frame in s, in display order, on the
+        timeline of the file (``start_s`` is its origin).
+    start_s : float
+        The file's start time in s (what ffmpeg's ``-ss`` counts from).
     """
-    cmd = [ffmpeg_exe(), "-nostdin", "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    cmd = [ffmpeg_exe(), "-nostdin", "-i", path, "-map", "0:v:0", "-c", "copy"]
+    cmd += ["-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
-    text = proc.stderr.decode(errors="replace")
+    err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
-        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        lines = err.strip().splitlines()
         raise FormatError(
-            f"{path!r}: ffmpeg cannot read this video ({last}); the file is truncated, "
-            f"corrupt or not a video: re-export it as .mp4 or .avi"
+            f"{path!r}: ffmpeg cannot read this video ({lines[-1] if lines else 'no output'}); "
+            f"the file is truncated, corrupt or not a video: re-export it as .mp4 or .avi"
         )
-    found = re.findall(r"frame=\s*(\d+)", text)
-    if not found:
+    num, den = 1, 1
+    stamps = []
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("#tb 0:"):
+            num, den = (int(v) for v in line.split(":", 1)[1].strip().split("/"))
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) >= 3 and fields[0] == "0":
+                pts = fields[2] if fields[2].lstrip("-").isdigit() else fields[1]
+                if pts.lstrip("-").isdigit():
+                    stamps.append(int(pts))
+    if not stamps:
         raise FormatError(f"{path!r}: ffmpeg found no video frames; re-export the video")
-    return int(found[-1])
+    found = re.search(r"start:\s*(-?[\d.]+)", err)
+    start_s = float(found.group(1)) if found else 0.0
+    times = np.sort(np.asarray(stamps, dtype=np.float64)) * (num / den)
+    return times, start_s
 
 
 class VideoFileSource(FrameSource):
@@ -324,22 +347,31 @@ class VideoFileSource(FrameSource):
     """
 
     def __init__(
-        self, path: str, shape: tuple[int, int, int], dtype: np.dtype, *, fps: float
+        self,
+        path: str,
+        shape: tuple[int, int, int],
+        dtype: np.dtype,
+        *,
+        times_s: np.ndarray,
+        start_s: float = 0.0,
     ) -> None:
         super().__init__(path, shape, dtype)
-        self.fps = float(fps)
+        self.times_s = np.asarray(times_s, dtype=np.float64)
+        self.start_s = float(start_s)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
         ny, nx = self.shape[1:]
         cmd = [ffmpeg_exe(), "-v", "error", "-nostdin"]
         if start > 0:
-            # frame k has presentation time k/fps; seeking half a frame earlier
-            # makes ffmpeg start exactly at frame k (it decodes from the key frame
-            # before and drops the frames before the seek point)
-            cmd += ["-ss", f"{(start - 0.5) / self.fps:.9f}"]
+            # seek half-way between frames k-1 and k: ffmpeg decodes from the key
+            # frame before and drops frames earlier than the seek point, so the
+            # first frame out is exactly frame k (variable frame rates too)
+            mid = 0.5 * (self.times_s[start - 1] + self.times_s[start]) - self.start_s
+            cmd += ["-ss", f"{max(mid, 0.0):.9f}"]
         cmd += ["-i", self.path, "-map", "0:v:0", "-frames:v", str(n)]
-        cmd += ["-f", "rawvideo", "-pix_fmt", "gray", "-"]
+        # passthrough: one output frame per stored frame (no duplicates to fill gaps)
+        cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "gray", "-"]
         proc = subprocess.run(cmd, capture_output=True, check=False)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()

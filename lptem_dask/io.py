@@ -28,9 +28,10 @@ folder of frames       .png/.jpg/.jpeg/.tif/.tiff, natural sort order, one
                        file per frame; colour converted to grey (BT.601)
 .zarr                  stores written by :func:`ingest` (values, coords and
                        attrs as written), or any Zarr holding one 3-D array
-.mp4 / .avi            ffmpeg through imageio-ffmpeg; frame count from the
-                       stream's packets, frame interval from fps; decoded as
-                       8-bit grey (luma) by seeking to each chunk
+.mp4 / .avi            ffmpeg through imageio-ffmpeg; frame count and
+                       per-frame times from the stream's packets (variable
+                       frame rate or dropped frames -> gaps in ``time``);
+                       decoded as 8-bit grey (luma) by seeking to each chunk
 .dm3 .dm4 .emd .ser    rosettasciio in lazy mode; pixel size converted to nm;
 .mrc                   frame interval from a time axis where present
 =====================  =====================================================

@@ -373,6 +373,29 @@ def test_video_files_seek_per_chunk(tmp_path, ext, codec):
     np.testing.assert_array_equal(v[9:14].values, got[9:14])
 
 
+def test_video_dropped_frames_show_as_time_gaps(tmp_path):
+    import subprocess
+
+    levels = np.arange(12) * 20 + 10
+    a = np.repeat(levels[:, None, None], 16 * 16, axis=1).reshape(12, 16, 16).astype(np.uint8)
+    cfr = tmp_path / "cfr.mp4"
+    write_video(cfr, a, fps=10.0, codec="libx264")
+    vfr = tmp_path / "vfr.mp4"
+    # frames 5.. are shifted 3 frame periods later: 3 frames dropped after frame 4
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(cfr), "-vf",
+         "setpts='if(gte(N,5),(N+3)/(10*TB),N/(10*TB))'", "-fps_mode", "passthrough",
+         "-c:v", "libx264", "-crf", "0", str(vfr)],
+        check=True,
+    )  # fmt: skip
+    v = open_video(vfr, chunks=3)
+    check_video(v, (12, 16, 16), np.uint8, interval_s=0.1)
+    expect_t = np.r_[np.arange(5), np.arange(5, 12) + 3] * 0.1
+    np.testing.assert_allclose(v["time"].values, expect_t, atol=1e-3)
+    # chunks start at frames 3, 6, 9: seeking lands on the right frame across the gap
+    assert np.abs(v.values.astype(int) - a).max() <= 3
+
+
 def test_video_rgb_converted_to_grey(tmp_path):
     a = np.zeros((4, 16, 16, 3), np.uint8)
     a[..., 0] = 200
