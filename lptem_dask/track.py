@@ -302,6 +302,7 @@ def link(
     min_length: int = 1,
     video: xr.DataArray | None = None,
     link_strategy: str | None = None,
+    drift_iterations: int = 2,
 ) -> pd.DataFrame:
     """Link per-frame regions into trajectories with :func:`trackpy.link`.
 
@@ -333,6 +334,9 @@ def link(
         Needed for ``drift="registration"``.
     link_strategy : str, optional
         Passed to trackpy (e.g. ``"numba"``, ``"recursive"``, ``"hybrid"``).
+    drift_iterations : int
+        With ``drift="tracks"``: rounds of (measure drift from the tracks, subtract
+        it, link again); the first linking is done without drift correction.
 
     Returns
     -------
@@ -377,9 +381,10 @@ def link(
     else:
         tracks = trackpy.link(df, search_range_nm, **kw)
         if drift == "tracks":
-            d = tracks_drift(tracks.rename(columns={}), frames)
-            df = _with_drift(df.drop(columns=["drift_y_nm", "drift_x_nm"]), d)
-            tracks = trackpy.link(df, search_range_nm, **kw)
+            for _ in range(drift_iterations):
+                d = tracks_drift(tracks, frames)
+                df = _with_drift(df.drop(columns=["drift_y_nm", "drift_x_nm"]), d)
+                tracks = trackpy.link(df, search_range_nm, **kw)
         tracks = tracks.reset_index(drop=True)
     if min_length > 1 and len(tracks):
         tracks = trackpy.filter_stubs(tracks, threshold=min_length).reset_index(drop=True)
@@ -421,19 +426,39 @@ def _iter_frames(files: list[Path], batch_rows: int) -> Iterator[pd.DataFrame]:
         yield buf
 
 
+def _frames_with_drift(
+    files: list[Path], batch_rows: int, drift: pd.DataFrame | None
+) -> Iterator[pd.DataFrame]:
+    """Frames of the regions parts with the drift of each frame (that of the last frame
+    before it where it is not given, 0 before any) and the drift-corrected link positions."""
+    dfill = None if drift is None else drift[["drift_y_nm", "drift_x_nm"]].sort_index()
+    for f in _iter_frames(files, batch_rows):
+        if dfill is None:
+            yield _with_drift(f, None)
+            continue
+        i = int(dfill.index.searchsorted(int(f["frame"].iloc[0]), side="right")) - 1
+        dy, dx = (0.0, 0.0) if i < 0 else (float(v) for v in dfill.iloc[i])
+        f["drift_y_nm"] = dy
+        f["drift_x_nm"] = dx
+        f[_LINK_POS[0]] = f["y_nm"] - dy
+        f[_LINK_POS[1]] = f["x_nm"] - dx
+        yield f
+
+
 def _streaming_drift(
-    files: list[Path], kw: dict, search_range_nm: float, batch_rows: int
+    files: list[Path],
+    kw: dict,
+    search_range_nm: float,
+    batch_rows: int,
+    prior: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    """Per-frame drift equal to ``tracks_drift(link(...))``, computed frame by frame."""
-    prev: pd.Series | None = None
+    """Per-frame drift equal to ``tracks_drift`` of the tracks linked with drift ``prior``
+    subtracted, computed frame by frame (memory: two frames)."""
+    prev: pd.DataFrame | None = None
     prev_frame = None
     rows = []
-
-    def frames() -> Iterator[pd.DataFrame]:
-        for f in _iter_frames(files, batch_rows):
-            yield _with_drift(f, None)
-
-    for linked in trackpy.link_df_iter(frames(), search_range_nm, **kw):
+    frames = _frames_with_drift(files, batch_rows, prior)
+    for linked in trackpy.link_df_iter(frames, search_range_nm, **kw):
         fr = int(linked["frame"].iloc[0])
         cur = linked.set_index("particle")[_POS]
         if prev is not None and prev_frame == fr - 1:
@@ -463,6 +488,7 @@ def link_store(
     overwrite: bool = False,
     batch_rows: int = 65536,
     link_strategy: str | None = None,
+    drift_iterations: int = 2,
 ) -> Path:
     """Link a store's regions table into its tracks table with bounded memory.
 
@@ -477,7 +503,7 @@ def link_store(
     store : path
         The video's store.
     search_range_nm, memory, adaptive_stop_nm, adaptive_step, symmetry_deg,
-    orientation_column, min_length, link_strategy
+    orientation_column, min_length, link_strategy, drift_iterations
         As in :func:`link`.
     window_frames : int
         Frames per written part of the tracks table (memory scales with it).
@@ -512,7 +538,9 @@ def link_store(
     elif drift is None:
         d = None
     elif drift == "tracks":
-        d = _streaming_drift(files, kw, search_range_nm, batch_rows)
+        d = None
+        for _ in range(drift_iterations):
+            d = _streaming_drift(files, kw, search_range_nm, batch_rows, d)
     elif drift == "registration":
         from .results import open_image
 
@@ -521,24 +549,6 @@ def link_store(
         raise InputError(
             f"`drift` must be None, 'tracks', 'registration' or a DataFrame, got {drift!r}"
         )
-    dfill = None
-    if d is not None:
-        dfill = d[["drift_y_nm", "drift_x_nm"]].sort_index()
-
-    def frames() -> Iterator[pd.DataFrame]:
-        for f in _iter_frames(files, batch_rows):
-            if dfill is not None:
-                # drift of the frame, or of the last frame before it (0 before any)
-                i = int(dfill.index.searchsorted(int(f["frame"].iloc[0]), side="right")) - 1
-                dy, dx = (0.0, 0.0) if i < 0 else (float(v) for v in dfill.iloc[i])
-                f["drift_y_nm"] = dy
-                f["drift_x_nm"] = dx
-                f[_LINK_POS[0]] = f["y_nm"] - dy
-                f[_LINK_POS[1]] = f["x_nm"] - dx
-                yield f
-            else:
-                yield _with_drift(f, None)
-
     sort = ["frame", "label"] if "label" in columns else ["frame"]
     n_rows = 0
     with atomic_path(out_path, overwrite=overwrite) as tmp:
@@ -562,7 +572,8 @@ def link_store(
             n_rows += len(df)
             pending.clear()
 
-        for linked in trackpy.link_df_iter(frames(), search_range_nm, **kw):
+        frames = _frames_with_drift(files, batch_rows, d)
+        for linked in trackpy.link_df_iter(frames, search_range_nm, **kw):
             pending.append(linked)
             if len(pending) >= window_frames:
                 flush()
