@@ -8,6 +8,7 @@ the lazy Dask-mapped dataset (:func:`simulate_images`, :func:`simulate_truth`,
 (:func:`calibrate_to`).
 """
 
+from .calibrate import CalibrationResult, calibrate_to, residual_nps
 from .config import (
     PRESET_NAMES,
     BackgroundConfig,
@@ -19,6 +20,7 @@ from .config import (
     cnr_levels,
     load_simulation_config,
 )
+from .dataset import simulate_images, simulate_truth, write_training_set
 from .optics import (
     MTF_TABLES,
     brownian_path,
@@ -48,6 +50,12 @@ from .shapes import (
 )
 
 __all__ = [
+    "CalibrationResult",
+    "calibrate_to",
+    "residual_nps",
+    "simulate_images",
+    "simulate_truth",
+    "write_training_set",
     "PRESET_NAMES",
     "BackgroundConfig",
     "OpticsConfig",

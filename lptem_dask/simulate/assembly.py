@@ -78,15 +78,21 @@ class AssemblyConfig(StageConfig):
 
     law: Law = "first_order"
     rate_constant_per_s: float = Field(default=0.05, gt=0, description="k (see module doc)")
-    kernel_exponent: float = Field(default=1.0, ge=0, le=3, description="nu of the Smoluchowski kernel")
+    kernel_exponent: float = Field(
+        default=1.0, ge=0, le=3, description="nu of the Smoluchowski kernel"
+    )
     n_monomers: int = Field(default=400, ge=2, le=20000)
     n_frames: int = Field(default=60, ge=2)
     frame_interval_s: float = Field(default=1.0, gt=0)
     shape: Literal["cube", "sphere"] = "cube"
     edge_nm: float = Field(default=20.0, gt=0, description="cube edge or sphere diameter")
     recess_depth: float = Field(default=0.15, ge=0, lt=0.5, description="concave cube recess / L")
-    bond_gap_nm: float = Field(default=2.0, ge=0, description="face-to-face gap of bonded neighbours")
-    open_gap_nm: float = Field(default=12.0, gt=0, description="minimum gap between unbonded particles")
+    bond_gap_nm: float = Field(
+        default=2.0, ge=0, description="face-to-face gap of bonded neighbours"
+    )
+    open_gap_nm: float = Field(
+        default=12.0, gt=0, description="minimum gap between unbonded particles"
+    )
     row_gap_nm: float = Field(default=16.0, gt=0, description="gap between rows of the layout")
     margin_nm: float = Field(default=20.0, ge=0, description="empty border of the field")
     pixel_size_nm: float = Field(default=2.0, gt=0)
@@ -281,7 +287,9 @@ def _layout(cfg: AssemblyConfig, chains: list[list[int]], rng: np.random.Generat
     return slot_y, slot_x, size_px
 
 
-def simulate_assembly(config: AssemblyConfig | str | Path | None = None, *, seed: int = 0) -> AssemblyTruth:
+def simulate_assembly(
+    config: AssemblyConfig | str | Path | None = None, *, seed: int = 0
+) -> AssemblyTruth:
     """Kinetic Monte Carlo of chaining assembly and its layout, without rendering (fast path).
 
     Parameters
@@ -370,9 +378,7 @@ def assembly_particles(truth: AssemblyTruth, frame: int) -> pd.DataFrame:
     )
 
 
-def simulate_assembly_video(
-    config: AssemblyConfig | str | Path | None = None, *, seed: int = 0
-):
+def simulate_assembly_video(config: AssemblyConfig | str | Path | None = None, *, seed: int = 0):
     """Render a simulated assembly video through the LPTEM image simulator.
 
     Parameters

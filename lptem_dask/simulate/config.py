@@ -23,6 +23,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
@@ -75,6 +76,7 @@ class OpticsConfig(StageConfig):
     liquid_thickness_nm: Range = Field(default=100.0, description="mean liquid thickness")
     liquid_mfp_nm: float = Field(default=185.0, gt=0)
     gain_counts_per_e: float = Field(default=3.47, gt=0)
+    shot_noise: bool = Field(default=True, description="Poisson noise; False: the mean image")
     read_noise_e: Range = Field(default=0.0, description="Gaussian read noise std, electrons")
     mtf: Literal["none", "parametric", "camera512", "camera1024", "rods", "table"] = "parametric"
     mtf_cutoff_cycles_per_px: Range = Field(
@@ -108,7 +110,7 @@ class OpticsConfig(StageConfig):
                 raise ValueError(
                     "mtf='table' needs `mtf_table_freq` and `mtf_table_values` of equal length >= 2"
                 )
-            if any(b <= a for a, b in zip(f, f[1:])):
+            if any(np.diff(f) <= 0):
                 raise ValueError("`mtf_table_freq` must increase strictly")
         return self
 

@@ -407,7 +407,8 @@ def measure_cnr(
     c = b.mean() - img[m].mean()
     if polarity == "bright":
         c = -c
-    return float(c / b.std())
+    sd = b.std()
+    return float(c / sd) if sd > 0 else float(np.copysign(np.inf, c) if c else np.nan)
 
 
 def measure_snr(
@@ -428,4 +429,5 @@ def measure_snr(
     if not bg.any():
         return float("nan")
     b = img[bg]
-    return float(b.mean() / b.std())
+    sd = b.std()
+    return float(b.mean() / sd) if sd > 0 else float("inf")

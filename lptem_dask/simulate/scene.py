@@ -313,9 +313,7 @@ def make_background(
             y0, x0 = int(np.floor(cy)) - R, int(np.floor(cx)) - R
             yy = np.arange(y0, y0 + 2 * R + 2)
             xx = np.arange(x0, x0 + 2 * R + 2)
-            blob = t0 * np.exp(
-                -((yy[:, None] - cy) ** 2 + (xx[None, :] - cx) ** 2) / (2 * r0 * r0)
-            )
+            blob = t0 * np.exp(-((yy[:, None] - cy) ** 2 + (xx[None, :] - cx) ** 2) / (2 * r0 * r0))
             _add_patch(sp, blob / b.speck_mfp_nm, y0, x0)
         out["speck_exponent"] = sp
     else:
@@ -557,7 +555,7 @@ def render_frame(
         )
     cnr_expected = _expected_cnr(coef, n_e) if coef is not None else float("nan")
     mu = n_e * m
-    img = rng.poisson(mu).astype(np.float64)
+    img = rng.poisson(mu).astype(np.float64) if o.shot_noise else mu.copy()
     if read > 0:
         img += read * rng.standard_normal(canvas)
     if corr_rel > 0:
@@ -574,7 +572,9 @@ def render_frame(
     elif o.offset_counts:
         img += o.offset_counts
     image = img.astype(np.float32)
-    areas = np.bincount(labels.ravel(), minlength=int(np.max(truth["label"].to_numpy(), initial=0)) + 1)
+    areas = np.bincount(
+        labels.ravel(), minlength=int(np.max(truth["label"].to_numpy(), initial=0)) + 1
+    )
     truth["area_px"] = np.where(truth["labelled"], areas[truth["label"].to_numpy()], 0)
     out: dict[str, Any] = {
         "image": image,
