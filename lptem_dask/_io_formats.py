@@ -513,7 +513,7 @@ def read_header_video(path: str) -> Header:
     source = VideoFileSource(
         path, (n, int(h), int(w)), np.dtype(np.uint8), times_s=times, start_s=start_s
     )
-    return Header(path, "video", source, None, interval, time_s)
+    return Header(path, Path(path).suffix.lower().lstrip("."), source, None, interval, time_s)
 
 
 # ----------------------------------------------------- TEM via rosettasciio

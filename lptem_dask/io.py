@@ -57,7 +57,7 @@ import numpy as np
 import xarray as xr
 
 from . import _readers
-from ._io_formats import Header, detect_format, read_header
+from ._io_formats import Header, read_header
 from ._version import __version__
 from .errors import InputError
 from .store import IMAGE, atomic_path, check_output_path, remove_path, write_ngff_metadata
@@ -329,6 +329,19 @@ def open_video(
     """
     header = read_header(path)
     data = _as_frame_array(header, chunks)
+    video = _video_from_header(header, data, path, pixel_size_nm, frame_interval_s)
+    # where the frames live (read by describe); encoding, not attrs: never written out
+    video.encoding.update(lptem_path=os.path.abspath(path), lptem_format=header.format)
+    return video
+
+
+def _video_from_header(
+    header: Header,
+    data: da.Array,
+    path: str | os.PathLike,
+    pixel_size_nm: float | None,
+    frame_interval_s: float | None,
+) -> xr.DataArray:
     stored = header.attrs
     if stored and set(header.coords) == {"frame", "time", "y", "x"}:
         # our own store: restore values, coordinates and attributes as written
@@ -374,7 +387,12 @@ def _size_on_disk(path: Path) -> int:
     return total
 
 
-def describe(path_or_video: str | os.PathLike | xr.DataArray) -> dict[str, Any]:
+def describe(
+    path_or_video: str | os.PathLike | xr.DataArray,
+    *,
+    pixel_size_nm: float | None = None,
+    frame_interval_s: float | None = None,
+) -> dict[str, Any]:
     """Summarise a video: what ``lptem info`` prints.
 
     Reads headers, and computes (streaming, chunk by chunk) the number of
@@ -383,7 +401,10 @@ def describe(path_or_video: str | os.PathLike | xr.DataArray) -> dict[str, Any]:
     Parameters
     ----------
     path_or_video : path or xarray.DataArray
-        A video file/folder/store, or a video DataArray.
+        A video file/folder/store, or a video DataArray (as returned by
+        :func:`open_video`, which records the path it read).
+    pixel_size_nm, frame_interval_s : float, optional
+        Calibration overriding the file's (paths only).
 
     Returns
     -------
@@ -393,15 +414,18 @@ def describe(path_or_video: str | os.PathLike | xr.DataArray) -> dict[str, Any]:
         ``frame_interval_s``, ``frame_interval_known``, ``duration_s``,
         ``size_on_disk_bytes`` (None for in-memory arrays), ``nonfinite_frames``.
     """
+    path: Path | None
     if isinstance(path_or_video, xr.DataArray):
         video = path_or_video
-        src = Path(str(video.attrs.get("source", "")))
-        path = src if str(src) and src.exists() else None
-        fmt = detect_format(path) if path is not None else "array"
+        recorded = video.encoding.get("lptem_path")
+        path = Path(recorded) if recorded and Path(recorded).exists() else None
+        fmt = str(video.encoding.get("lptem_format", "array")) if path is not None else "array"
     else:
+        video = open_video(
+            path_or_video, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
+        )
         path = Path(path_or_video)
-        fmt = detect_format(path)
-        video = open_video(path)
+        fmt = str(video.encoding["lptem_format"])
     data = video.data
     if np.issubdtype(video.dtype, np.floating) or np.issubdtype(video.dtype, np.complexfloating):
         bad = ~da.isfinite(data) if isinstance(data, da.Array) else ~np.isfinite(data)

@@ -51,7 +51,13 @@ def test_ingest_tiff_round_trip_and_layout(tmp_path):
     assert rec["step"] == "ingest" and rec["version"] and len(rec["config_sha256"]) == 64
     info = describe(dst)
     assert info["format"] == "zarr" and info["frames"] == 7 and info["size_on_disk_bytes"] > 0
-    assert _siblings(dst) == ["s.tif", "s.zarr"]  # no temporary left behind
+    assert describe(v) == info  # a video from open_video knows where it was read from
+    assert describe(open_video(src))["format"] == "tiff"
+    assert describe(open_video(src))["size_on_disk_bytes"] == src.stat().st_size
+    assert describe(dst, pixel_size_nm=3.0)["pixel_size_nm"] == 3.0
+    ingest(v, tmp_path / "again.zarr")  # bookkeeping in .encoding is never written out
+    np.testing.assert_array_equal(open_video(tmp_path / "again.zarr").values, a)
+    assert _siblings(dst) == ["again.zarr", "s.tif", "s.zarr"]  # no temporary left behind
 
 
 def test_ingest_chunks_sized_by_chunk_mb(tmp_path):
