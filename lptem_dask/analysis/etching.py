@@ -1,0 +1,693 @@
+"""Etching kinetics of nanorods: sizes over time, local normal velocity against curvature, stages.
+
+From the outlines of every particle in every frame (a contours table, see
+:func:`lptem_dask.measure.measure_contours`):
+
+- sizes per particle per frame: length and width (along and across the
+  outline's principal axis; width = largest diameter), aspect ratio, projected
+  area, and the volume of the body of revolution about the long axis;
+- local normal velocity: each point of the outline at frame ``t`` is projected
+  along its inward normal onto the outline at ``t + 1`` (a periodic cubic
+  spline, intersection refined by Newton steps, so the polygon's chords bias
+  nothing); ``v_n = displacement / dt`` is paired with the curvature averaged
+  between the point and its image (midpoint in time);
+- the law ``v_n = a + b kappa`` is fitted by Huber-robust regression, with 95%
+  intervals from a cluster bootstrap over (particle, frame-interval) outlines
+  (points of one outline are correlated);
+- stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; the
+  rate series are segmented by exact dynamic programming into piecewise-
+  constant pieces (equivalently, piecewise-linear etched depth), and the
+  number of breakpoints is chosen by BIC with the noise level estimated from
+  successive differences. ``(a, b)`` are then fitted per stage on the
+  intervals away from the breakpoints.
+
+References
+----------
+Yao, L. et al. ACS Cent. Sci. 6, 1421 (2020).
+Huber, P. J. Robust Statistics (1981); Killick, R. et al. JASA 107, 1590 (2012), optimal partitioning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import CubicSpline
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import InputError, StoreError
+from ..simulate.etching import radius_profile
+from ..store import RESULTS, atomic_path, check_output_path, table_path
+
+__all__ = [
+    "assign_particles",
+    "shape_metrics",
+    "normal_velocities",
+    "huber_fit",
+    "fit_velocity_law",
+    "interval_rates",
+    "detect_stages",
+    "analyze_etching",
+    "plot_etching",
+    "run_etching",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------- particles
+def _centroids(contours: pd.DataFrame) -> pd.DataFrame:
+    return contours.groupby(["frame", "label"], sort=True)[["y_nm", "x_nm"]].mean().reset_index()
+
+
+def assign_particles(
+    contours: pd.DataFrame,
+    *,
+    tracks: pd.DataFrame | None = None,
+    max_displacement_nm: float = 10.0,
+) -> pd.DataFrame:
+    """Add a ``particle`` column to a contours table.
+
+    With ``tracks`` (``frame``, ``label``, ``particle``) the identities come
+    from linking; otherwise outlines are matched frame to frame by their
+    centroids (optimal assignment, at most ``max_displacement_nm`` apart).
+    """
+    if tracks is not None:
+        key = tracks[["frame", "label", "particle"]].drop_duplicates(["frame", "label"])
+        out = contours.merge(key, on=["frame", "label"], how="inner")
+        return out
+    cen = _centroids(contours)
+    pid: dict[tuple[int, int], int] = {}
+    nxt = 0
+    prev = None
+    for f, g in cen.groupby("frame", sort=True):
+        labs = g["label"].to_numpy()
+        P = g[["y_nm", "x_nm"]].to_numpy()
+        ids = np.full(len(labs), -1)
+        if prev is not None and len(prev[0]):
+            d = np.hypot(*(P[:, None, :] - prev[1][None, :, :]).transpose(2, 0, 1))
+            r, c = linear_sum_assignment(np.where(d <= max_displacement_nm, d, 1e9))
+            for i, j in zip(r, c):
+                if d[i, j] <= max_displacement_nm:
+                    ids[i] = prev[0][j]
+        for i in range(len(labs)):
+            if ids[i] < 0:
+                ids[i] = nxt
+                nxt += 1
+            pid[(int(f), int(labs[i]))] = int(ids[i])
+        prev = (ids, P)
+    keys = list(zip(contours["frame"].astype(int), contours["label"].astype(int)))
+    return contours.assign(particle=np.array([pid[k] for k in keys], np.int64))
+
+
+# ------------------------------------------------------------------------ sizes
+def _ccw_screen(yx: np.ndarray) -> np.ndarray:
+    """Return (X, Y) = (x, -y) coordinates ordered counter-clockwise, and the order used."""
+    XY = np.column_stack([yx[:, 1], -yx[:, 0]])
+    area = 0.5 * np.sum(XY[:, 0] * np.roll(XY[:, 1], -1) - np.roll(XY[:, 0], -1) * XY[:, 1])
+    return XY if area >= 0 else XY[::-1]
+
+
+def _outline_metrics(yx: np.ndarray) -> dict[str, float]:
+    XY = _ccw_screen(yx)
+    c = XY.mean(axis=0)
+    w, V = np.linalg.eigh(np.cov((XY - c).T))
+    axis = V[:, np.argmax(w)]
+    R = np.array([[axis[0], axis[1]], [-axis[1], axis[0]]])
+    uv = (XY - c) @ R.T
+    length, _, prof = radius_profile(uv, n=257)
+    du = length / (len(prof) - 1)
+    area = 0.5 * float(np.sum(XY[:, 0] * np.roll(XY[:, 1], -1) - np.roll(XY[:, 0], -1) * XY[:, 1]))
+    width = float(2 * prof.max())
+    return {
+        "length_nm": float(length),
+        "width_nm": width,
+        "aspect_ratio": float(length / width) if width > 0 else float("nan"),
+        "area_nm2": area,
+        "volume_nm3": float(np.pi * np.sum(prof**2) * du),
+        "y_nm": float(-c[1]),
+        "x_nm": float(c[0]),
+    }
+
+
+def shape_metrics(contours: pd.DataFrame, *, frame_interval_s: float) -> pd.DataFrame:
+    """Size of every particle in every frame from its outline.
+
+    Parameters
+    ----------
+    contours : pandas.DataFrame
+        With ``particle`` (see :func:`assign_particles`), ``frame``, ``point``,
+        ``y_nm``, ``x_nm``.
+    frame_interval_s : float
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``frame``, ``time_s``, ``particle``, ``length_nm``, ``width_nm``,
+        ``aspect_ratio``, ``area_nm2``, ``volume_nm3`` (body of revolution),
+        ``y_nm``, ``x_nm`` (centroid of the outline).
+    """
+    rows = []
+    for (f, p), g in contours.sort_values("point").groupby(["frame", "particle"], sort=True):
+        if len(g) < 8:
+            continue
+        m = _outline_metrics(g[["y_nm", "x_nm"]].to_numpy())
+        rows.append({"frame": int(f), "time_s": f * frame_interval_s, "particle": int(p), **m})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------- velocities
+def _spline(XY: np.ndarray):
+    closed = np.vstack([XY, XY[:1]])
+    seg = np.hypot(*np.diff(closed, axis=0).T)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    return CubicSpline(s, closed, bc_type="periodic", axis=0), s
+
+
+def _project(XA: np.ndarray, XB: np.ndarray, kB: np.ndarray, max_disp: float):
+    """Inward normal displacement of each point of A to curve B, and B's curvature there."""
+    nA = len(XA)
+    T = np.roll(XA, -1, axis=0) - np.roll(XA, 1, axis=0)
+    T /= np.hypot(T[:, 0], T[:, 1])[:, None]
+    n = np.column_stack([T[:, 1], -T[:, 0]])  # outward for CCW
+    q0 = XB
+    e = np.roll(XB, -1, axis=0) - XB
+    d = XA[:, None, :] - q0[None, :, :]  # (nA, nB, 2)
+    det = n[:, None, 0] * e[None, :, 1] - n[:, None, 1] * e[None, :, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (d[..., 0] * e[None, :, 1] - d[..., 1] * e[None, :, 0]) / det
+        u = (n[:, None, 0] * d[..., 1] - n[:, None, 1] * d[..., 0]) / det
+    ok = (u >= 0) & (u < 1) & np.isfinite(s) & (np.abs(s) <= max_disp)
+    s_m = np.where(ok, np.abs(s), np.inf)
+    j = np.argmin(s_m, axis=1)
+    found = np.isfinite(s_m[np.arange(nA), j])
+    sp, sk = _spline(XB)
+    seg_s = sk[j] + u[np.arange(nA), j] * (sk[j + 1] - sk[j])
+    sig = np.where(found, seg_s, 0.0)
+    for _ in range(4):  # Newton: B(sig) on the line p + t n
+        B = sp(sig)
+        dB = sp(sig, 1)
+        r = B - XA
+        f = r[:, 0] * n[:, 1] - r[:, 1] * n[:, 0]
+        fp = dB[:, 0] * n[:, 1] - dB[:, 1] * n[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sig = sig - np.where(np.abs(fp) > 1e-12, f / fp, 0.0)
+        sig = np.mod(sig, sk[-1])
+    B = sp(sig)
+    disp = np.sum((XA - B) * n, axis=1)
+    kb = np.interp(sig, sk, np.r_[kB, kB[:1]])
+    disp = np.where(found, disp, np.nan)
+    return disp, kb
+
+
+def normal_velocities(
+    contours: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    max_displacement_nm: float = 5.0,
+) -> pd.DataFrame:
+    """Local inward normal velocity of every outline point between consecutive frames.
+
+    Parameters
+    ----------
+    contours : pandas.DataFrame
+        Contours with ``particle`` (``frame``, ``point``, ``y_nm``, ``x_nm``,
+        ``curvature_per_nm``).
+    frame_interval_s : float
+    max_displacement_nm : float
+        Projections farther than this are dropped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``frame`` (start of the interval), ``time_s`` (mid-interval),
+        ``particle``, ``point``, ``y_nm``, ``x_nm``, ``curvature_per_nm``
+        (mean of both ends), ``displacement_nm`` (inward positive),
+        ``v_nm_per_s``.
+    """
+    if frame_interval_s <= 0:
+        raise InputError(f"`frame_interval_s` must be > 0, got {frame_interval_s}")
+    out = []
+    groups = {
+        k: g.sort_values("point") for k, g in contours.groupby(["particle", "frame"], sort=True)
+    }
+    for (p, f), gA in groups.items():
+        gB = groups.get((p, f + 1))
+        if gB is None or len(gA) < 8 or len(gB) < 8:
+            continue
+        XA = np.column_stack([gA["x_nm"], -gA["y_nm"]])
+        XB = np.column_stack([gB["x_nm"], -gB["y_nm"]])
+        kA = gA["curvature_per_nm"].to_numpy(np.float64)
+        kB = gB["curvature_per_nm"].to_numpy(np.float64)
+
+        def orient(X, k):
+            a = np.sum(X[:, 0] * np.roll(X[:, 1], -1) - np.roll(X[:, 0], -1) * X[:, 1])
+            return (X, k, np.arange(len(X))) if a >= 0 else (X[::-1], k[::-1], np.arange(len(X))[::-1])
+
+        XA, kA, idx = orient(XA, kA)
+        XB, kB, _ = orient(XB, kB)
+        disp, kb = _project(XA, XB, kB, max_displacement_nm)
+        pts = gA["point"].to_numpy()[idx]
+        out.append(
+            pd.DataFrame(
+                {
+                    "frame": f,
+                    "time_s": (f + 0.5) * frame_interval_s,
+                    "particle": p,
+                    "point": pts,
+                    "y_nm": -XA[:, 1],
+                    "x_nm": XA[:, 0],
+                    "curvature_per_nm": 0.5 * (kA + kb),
+                    "displacement_nm": disp,
+                    "v_nm_per_s": disp / frame_interval_s,
+                }
+            )
+        )
+    if not out:
+        cols = ["frame", "time_s", "particle", "point", "y_nm", "x_nm", "curvature_per_nm",
+                "displacement_nm", "v_nm_per_s"]
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+    v = pd.concat(out, ignore_index=True)
+    return v[np.isfinite(v["v_nm_per_s"]) & np.isfinite(v["curvature_per_nm"])].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------ fits
+def huber_fit(x: np.ndarray, y: np.ndarray, *, c: float = 1.345, n_iter: int = 50) -> np.ndarray:
+    """Huber-robust straight line ``y = a + b x`` by iteratively reweighted least squares.
+
+    Returns
+    -------
+    ndarray, shape (2,)
+        (a, b).
+
+    Examples
+    --------
+    >>> x = np.linspace(0, 1, 50); y = 1 + 2 * x; y[3] = 100
+    >>> np.round(huber_fit(x, y), 3).tolist()
+    [1.0, 2.0]
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    A = np.column_stack([np.ones_like(x), x])
+    beta = np.linalg.lstsq(A, y, rcond=None)[0]
+    for _ in range(n_iter):
+        r = y - A @ beta
+        scale = 1.4826 * np.median(np.abs(r - np.median(r)))
+        if scale <= 1e-15:
+            break
+        w = np.minimum(1.0, c * scale / np.maximum(np.abs(r), 1e-300))
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)[0]
+        if np.allclose(new, beta, rtol=1e-10, atol=1e-14):
+            beta = new
+            break
+        beta = new
+    return beta
+
+
+def fit_velocity_law(
+    vel: pd.DataFrame,
+    *,
+    n_boot: int = 300,
+    seed: int = 0,
+    cluster: tuple[str, ...] = ("particle", "frame"),
+) -> dict[str, Any]:
+    """Fit ``v_n = a + b kappa`` with 95% cluster-bootstrap intervals.
+
+    Parameters
+    ----------
+    vel : pandas.DataFrame
+        From :func:`normal_velocities`.
+    n_boot : int
+        Bootstrap resamples of whole outlines (clusters).
+    seed : int
+    cluster : tuple of str
+        Columns defining one cluster (default: one outline interval).
+
+    Returns
+    -------
+    dict
+        ``a_nm_per_s``, ``b_nm2_per_s``, ``a_ci95``, ``b_ci95``, ``n_points``,
+        ``n_clusters``, ``kappa_range_per_nm``.
+    """
+    if len(vel) < 3:
+        raise InputError("`vel` needs at least 3 points to fit v_n = a + b kappa")
+    a, b = huber_fit(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy())
+    keys = vel.groupby(list(cluster), sort=False).indices
+    groups = list(keys.values())
+    x = vel["curvature_per_nm"].to_numpy()
+    y = vel["v_nm_per_s"].to_numpy()
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        pick = rng.integers(len(groups), size=len(groups))
+        idx = np.concatenate([groups[i] for i in pick])
+        if np.ptp(x[idx]) <= 0:
+            continue
+        boots.append(huber_fit(x[idx], y[idx]))
+    B = np.array(boots) if boots else np.full((1, 2), np.nan)
+    lo, hi = np.nanpercentile(B, [2.5, 97.5], axis=0)
+    return {
+        "a_nm_per_s": float(a),
+        "b_nm2_per_s": float(b),
+        "a_ci95": [float(lo[0]), float(hi[0])],
+        "b_ci95": [float(lo[1]), float(hi[1])],
+        "a_se": float(np.nanstd(B[:, 0])),
+        "b_se": float(np.nanstd(B[:, 1])),
+        "n_points": int(len(vel)),
+        "n_clusters": int(len(groups)),
+        "kappa_range_per_nm": [float(np.min(x)), float(np.max(x))],
+    }
+
+
+def interval_rates(vel: pd.DataFrame) -> pd.DataFrame:
+    """Per frame interval: ``a_t``, ``b_t`` of a robust fit on all particles' points.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``frame`` (interval start), ``time_s`` (mid), ``a_nm_per_s``,
+        ``b_nm2_per_s``, ``n_points``.
+    """
+    rows = []
+    for f, g in vel.groupby("frame", sort=True):
+        if len(g) < 10 or np.ptp(g["curvature_per_nm"]) <= 0:
+            continue
+        a, b = huber_fit(g["curvature_per_nm"].to_numpy(), g["v_nm_per_s"].to_numpy())
+        rows.append(
+            {
+                "frame": int(f),
+                "time_s": float(g["time_s"].iloc[0]),
+                "a_nm_per_s": a,
+                "b_nm2_per_s": b,
+                "n_points": len(g),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _noise_sd(y: np.ndarray, floor: float) -> float:
+    d = np.diff(y)
+    s = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2) if len(d) > 2 else 0.0
+    return float(max(s, floor))
+
+
+def detect_stages(
+    series: np.ndarray,
+    *,
+    max_breakpoints: int = 3,
+    min_size: int = 3,
+    rel_floor: float = 0.03,
+) -> dict[str, Any]:
+    """Optimal piecewise-constant segmentation of (several) series with BIC.
+
+    Parameters
+    ----------
+    series : ndarray, shape (n,) or (n, k)
+        k series sharing breakpoints (e.g. per-interval a and b).
+    max_breakpoints : int
+    min_size : int
+        Fewest points per segment.
+    rel_floor : float
+        Floor of each series' noise SD, relative to its median absolute
+        value (noise-free data would otherwise split on any drift).
+
+    Returns
+    -------
+    dict
+        ``breakpoints`` (indices where a new segment starts), ``n_breakpoints``,
+        ``bic`` (list by number of breakpoints), ``sigma`` (per series).
+    """
+    Y = np.asarray(series, np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    n, k = Y.shape
+    sig = np.array(
+        [
+            _noise_sd(Y[:, j], rel_floor * max(np.median(np.abs(Y[:, j])), 1e-12))
+            for j in range(k)
+        ]
+    )
+    Z = Y / sig
+    c1 = np.vstack([np.zeros(k), np.cumsum(Z, axis=0)])
+    c2 = np.vstack([np.zeros(k), np.cumsum(Z * Z, axis=0)])
+
+    def cost(i: int, j: int) -> float:  # segment [i, j)
+        m = j - i
+        s1 = c1[j] - c1[i]
+        return float(np.sum(c2[j] - c2[i] - s1 * s1 / m))
+
+    K = max_breakpoints + 1
+    INF = np.inf
+    best = np.full((K + 1, n + 1), INF)
+    arg = np.zeros((K + 1, n + 1), np.int64)
+    best[0, 0] = 0.0
+    for seg in range(1, K + 1):
+        for j in range(seg * min_size, n + 1):
+            for i in range((seg - 1) * min_size, j - min_size + 1):
+                if best[seg - 1, i] == INF:
+                    continue
+                v = best[seg - 1, i] + cost(i, j)
+                if v < best[seg, j]:
+                    best[seg, j] = v
+                    arg[seg, j] = i
+    bic = []
+    for seg in range(1, K + 1):
+        p = seg * k + (seg - 1)
+        bic.append(float(best[seg, n] + p * np.log(n)) if np.isfinite(best[seg, n]) else INF)
+    nseg = int(np.argmin(bic)) + 1
+    bps = []
+    j = n
+    for seg in range(nseg, 0, -1):
+        i = int(arg[seg, j])
+        if seg > 1:
+            bps.append(i)
+        j = i
+    return {
+        "breakpoints": sorted(bps),
+        "n_breakpoints": nseg - 1,
+        "bic": bic,
+        "sigma": sig.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------- driver
+def analyze_etching(
+    contours: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    tracks: pd.DataFrame | None = None,
+    max_breakpoints: int = 3,
+    min_stage_intervals: int = 3,
+    guard_intervals: int = 1,
+    n_boot: int = 300,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Full etching analysis of a contours table.
+
+    Parameters
+    ----------
+    contours : pandas.DataFrame
+        ``schema.CONTOURS`` columns (optionally with ``particle``).
+    frame_interval_s : float
+    tracks : pandas.DataFrame, optional
+        Particle identities (``frame``, ``label``, ``particle``).
+    max_breakpoints, min_stage_intervals : int
+        Stage detection (see :func:`detect_stages`).
+    guard_intervals : int
+        Intervals on each side of a breakpoint left out of the per-stage fits.
+    n_boot, seed : int
+        Bootstrap of the intervals.
+
+    Returns
+    -------
+    dict
+        ``result`` (JSON-ready: stages with change frames and times,
+        per-stage population fits, per-particle fits, size summaries) and
+        the tables ``sizes``, ``velocities``, ``rates``.
+    """
+    if "particle" not in contours.columns:
+        contours = assign_particles(contours, tracks=tracks)
+    sizes = shape_metrics(contours, frame_interval_s=frame_interval_s)
+    vel = normal_velocities(contours, frame_interval_s=frame_interval_s)
+    rates = interval_rates(vel)
+    if len(rates) < 2 * min_stage_intervals:
+        seg = {"breakpoints": [], "n_breakpoints": 0, "bic": [], "sigma": []}
+    else:
+        seg = detect_stages(
+            rates[["a_nm_per_s", "b_nm2_per_s"]].to_numpy(),
+            max_breakpoints=max_breakpoints,
+            min_size=min_stage_intervals,
+        )
+    rf = rates["frame"].to_numpy() if len(rates) else np.zeros(0, np.int64)
+    change_frames = [int(rf[i]) for i in seg["breakpoints"]]
+    edges = [int(rf.min()) if len(rf) else 0] + change_frames + [int(rf.max()) + 1 if len(rf) else 0]
+    stages = []
+    vel = vel.assign(stage=np.searchsorted(np.array(change_frames), vel["frame"], side="right"))
+    for s in range(len(edges) - 1):
+        lo = edges[s] + (guard_intervals if s > 0 else 0)
+        hi = edges[s + 1] - (guard_intervals if s < len(edges) - 2 else 0)
+        sel = vel[(vel["frame"] >= lo) & (vel["frame"] < hi)]
+        entry: dict[str, Any] = {
+            "stage": s,
+            "start_frame": edges[s],
+            "end_frame": edges[s + 1],
+            "start_time_s": edges[s] * frame_interval_s,
+        }
+        if len(sel) >= 10:
+            entry["population"] = fit_velocity_law(sel, n_boot=n_boot, seed=seed + s)
+            per = {}
+            for p, g in sel.groupby("particle"):
+                if g["frame"].nunique() >= 2 and len(g) >= 10:
+                    per[str(int(p))] = fit_velocity_law(g, n_boot=max(n_boot // 3, 50), seed=seed + s)
+            entry["particles"] = per
+        stages.append(entry)
+    summary = []
+    for p, g in sizes.groupby("particle"):
+        g = g.sort_values("frame")
+        summary.append(
+            {
+                "particle": int(p),
+                "first_frame": int(g["frame"].iloc[0]),
+                "last_frame": int(g["frame"].iloc[-1]),
+                **{
+                    f"{c}_start": float(g[c].iloc[0])
+                    for c in ("length_nm", "width_nm", "aspect_ratio", "area_nm2", "volume_nm3")
+                },
+                **{
+                    f"{c}_end": float(g[c].iloc[-1])
+                    for c in ("length_nm", "width_nm", "aspect_ratio", "area_nm2", "volume_nm3")
+                },
+            }
+        )
+    result = {
+        "frame_interval_s": frame_interval_s,
+        "n_particles": int(sizes["particle"].nunique()) if len(sizes) else 0,
+        "stage_change_frames": change_frames,
+        "stage_change_times_s": [f * frame_interval_s for f in change_frames],
+        "segmentation": seg,
+        "stages": stages,
+        "particles": summary,
+    }
+    return {"result": result, "sizes": sizes, "velocities": vel, "rates": rates}
+
+
+# --------------------------------------------------------------------- figures
+def plot_etching(analysis: dict[str, Any], contours: pd.DataFrame | None = None, path=None):
+    """Sizes vs time with stages, v_n vs kappa per stage, and outlines coloured by velocity."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    res, sizes, vel = analysis["result"], analysis["sizes"], analysis["velocities"]
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    for p, g in sizes.groupby("particle"):
+        ax[0].plot(g["time_s"], g["length_nm"], "-", label=f"length {p}")
+        ax[0].plot(g["time_s"], g["width_nm"], "--", label=f"width {p}")
+    for t in res["stage_change_times_s"]:
+        ax[0].axvline(t, color="k", lw=0.8)
+    ax[0].set(xlabel="time (s)", ylabel="size (nm)")
+    ax[0].legend(fontsize=6, ncol=2)
+    kk = np.linspace(vel["curvature_per_nm"].min(), vel["curvature_per_nm"].max(), 10)
+    for st in res["stages"]:
+        sel = vel[vel["stage"] == st["stage"]]
+        sc = ax[1].plot(sel["curvature_per_nm"], sel["v_nm_per_s"], ".", ms=1, alpha=0.3)
+        if "population" in st:
+            f = st["population"]
+            ax[1].plot(
+                kk, f["a_nm_per_s"] + f["b_nm2_per_s"] * kk, color=sc[0].get_color(),
+                label=f"stage {st['stage']}: a={f['a_nm_per_s']:.3g}, b={f['b_nm2_per_s']:.3g}",
+            )
+    ax[1].set(xlabel="curvature (1/nm)", ylabel="v_n (nm/s)")
+    ax[1].legend(fontsize=7)
+    if len(vel):
+        p0 = vel["particle"].iloc[0]
+        sel = vel[vel["particle"] == p0]
+        vmax = np.nanpercentile(np.abs(sel["v_nm_per_s"]), 98)
+        im = ax[2].scatter(sel["x_nm"], sel["y_nm"], c=sel["v_nm_per_s"], s=2, cmap="viridis",
+                           vmin=0, vmax=vmax)
+        ax[2].invert_yaxis()
+        ax[2].set_aspect("equal")
+        ax[2].set(xlabel="x (nm)", ylabel="y (nm)", title=f"particle {p0}: v_n (nm/s)")
+        fig.colorbar(im, ax=ax[2])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+# ---------------------------------------------------------------------- store
+def _read_parquet(path: Path) -> pd.DataFrame:
+    files = sorted(path.glob("part.*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise StoreError(f"table {str(path)!r} has no part files")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def run_etching(
+    store: str | os.PathLike,
+    *,
+    frame_interval_s: float | None = None,
+    max_breakpoints: int = 3,
+    n_boot: int = 300,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Etching analysis of one store: tables/contours (+ tracks) -> results/etching/.
+
+    Writes ``results/etching/etching.json``, ``sizes.csv``, ``rates.csv`` and
+    ``etching.png``.
+
+    Parameters
+    ----------
+    store : path
+        Store with ``tables/contours.parquet`` and optionally
+        ``tables/tracks.parquet`` (identities) and ``tables/regions.parquet``
+        (times).
+    frame_interval_s : float, optional
+        Default: from the regions/tracks table's ``time_s`` steps, else 1.
+    max_breakpoints, n_boot : int
+    overwrite : bool
+    """
+    store = Path(store)
+    src = table_path(store, "contours")
+    if not src.exists():
+        raise StoreError(
+            f"{str(src)!r} does not exist; measure outlines first "
+            "(lp.measure_contours + lp.measure.write_table(..., name='contours'))"
+        )
+    out_dir = store / RESULTS / "etching"
+    check_output_path(out_dir, overwrite=overwrite, what="etching results")
+    contours = _read_parquet(src)
+    tracks = None
+    tp = table_path(store, "tracks")
+    if tp.exists():
+        tracks = _read_parquet(tp)
+    if frame_interval_s is None:
+        frame_interval_s = 1.0
+        for name in ("tracks", "regions"):
+            p = table_path(store, name)
+            if p.exists():
+                t = _read_parquet(p)[["frame", "time_s"]].drop_duplicates("frame").sort_values("frame")
+                if len(t) > 1:
+                    frame_interval_s = float(np.median(np.diff(t["time_s"]) / np.diff(t["frame"])))
+                break
+    an = analyze_etching(
+        contours, frame_interval_s=frame_interval_s, tracks=tracks,
+        max_breakpoints=max_breakpoints, n_boot=n_boot,
+    )
+    with atomic_path(out_dir, overwrite=overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "etching.json").write_text(json.dumps(an["result"], indent=1, default=float))
+        an["sizes"].to_csv(tmp / "sizes.csv", index=False)
+        an["rates"].to_csv(tmp / "rates.csv", index=False)
+        import matplotlib.pyplot as plt
+
+        fig = plot_etching(an, contours, tmp / "etching.png")
+        plt.close(fig)
+    return an["result"]
