@@ -21,6 +21,7 @@ import numpy as np
 from ._readers import (
     FrameSource,
     ImageFolderSource,
+    TemFileSource,
     TiffContiguousSource,
     TiffPageSource,
     VideoFileSource,
@@ -590,7 +591,8 @@ def read_header_tem(path: str) -> Header:
             f"{path!r}: no image data (2-D signal) found, only datasets of shapes {found}; "
             f"this reader handles image stacks (frame, y, x)"
         )
-    sig, axes, nav, spatial = max(images, key=lambda t: int(np.prod(t[0]["data"].shape)))
+    best = max(range(len(images)), key=lambda i: int(np.prod(images[i][0]["data"].shape)))
+    sig, axes, nav, spatial = images[best]
     data = sig["data"]
     if len(nav) > 1:
         names = ", ".join(f"{a.get('name')!r} (size {a.get('size')})" for a in nav)
@@ -599,21 +601,25 @@ def read_header_tem(path: str) -> Header:
             f"y and x ({names}); the extra axis is {nav[1].get('name')!r}: export a single "
             f"(frame, y, x) stack"
         )
-    import dask.array as da
-
-    if not isinstance(data, da.Array):
-        data = da.from_array(data)
-    # move the frame axis first and y, x last, in rosettasciio's array order
+    # frame axis first and y, x last, in rosettasciio's array order
     order = [axes.index(a) for a in nav + spatial]
-    data = data.transpose(order) if order != list(range(data.ndim)) else data
-    if data.ndim == 2:
-        data = data[None]
-    n, ny, nx = (int(s) for s in data.shape)
+    shape = tuple(int(data.shape[i]) for i in order)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    n, ny, nx = shape
     check_frame_dims(path, n, ny, nx)
+    source = TemFileSource(
+        path,
+        (n, ny, nx),
+        np.dtype(data.dtype),
+        module=_RSCIIO_MODULES[suffix],
+        signal_index=signals.index(sig),
+        order=tuple(order),
+    )
     xa = spatial[-1]
     pixel_nm = length_to_nm(float(xa.get("scale", 1.0)), xa.get("units") or None)
     interval = None
     if nav:
         ta = nav[0]
         interval = time_to_s(float(ta.get("scale", 1.0)), ta.get("units") or None)
-    return Header(path, suffix.lstrip("."), data, pixel_nm, interval, None)
+    return Header(path, suffix.lstrip("."), source, pixel_nm, interval, None)

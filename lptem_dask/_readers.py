@@ -13,6 +13,7 @@ check that opening a video decoded no frame.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ __all__ = [
     "TiffPageSource",
     "ImageFolderSource",
     "VideoFileSource",
+    "TemFileSource",
     "probe_video_packets",
     "decoded_frames",
     "reset_decoded_frames",
@@ -387,3 +389,44 @@ class VideoFileSource(FrameSource):
                 f"promised {self.shape[0]}; the file is truncated: re-export it"
             )
         return np.frombuffer(proc.stdout, np.uint8)[: n * ny * nx].reshape(n, ny, nx).copy()
+
+
+class TemFileSource(FrameSource):
+    """A .dm3/.dm4/.emd/.ser/.mrc image stack read through rosettasciio (lazy mode).
+
+    Each block re-opens the file lazily and reads only its frames, so the
+    source holds no open file handle and pickles to any Dask worker.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        shape: tuple[int, int, int],
+        dtype: np.dtype,
+        *,
+        module: str,
+        signal_index: int,
+        order: tuple[int, ...],
+    ) -> None:
+        super().__init__(path, shape, dtype)
+        self.module = module
+        self.signal_index = int(signal_index)
+        self.order = tuple(int(i) for i in order)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        reader = importlib.import_module(self.module).file_reader
+        try:
+            data = reader(self.path, lazy=True)[self.signal_index]["data"]
+            if self.order != tuple(range(len(self.order))):
+                data = data.transpose(self.order)
+            if data.ndim == 2:
+                data = data[None]
+            block = data[start:stop]
+            if hasattr(block, "compute"):
+                block = block.compute(scheduler="synchronous")
+        except Exception as exc:  # noqa: BLE001 - rosettasciio raises many types
+            raise FormatError(
+                f"{self.path!r}: cannot read frames {start}-{stop - 1} ({type(exc).__name__}: "
+                f"{exc}); the file is truncated or corrupt: copy it again from its source"
+            ) from exc
+        return np.asarray(block).astype(self.dtype, copy=False)

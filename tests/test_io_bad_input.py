@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -166,6 +168,39 @@ def test_absurd_mrc_header_refused_before_allocating(tmp_path):
     with pytest.raises(FormatError, match="header") as err:
         open_video(p)
     assert "huge.mrc" in str(err.value)
+
+
+def test_absurd_tiff_dims_refused_before_allocating(tmp_path):
+    p = tmp_path / "abs.tif"
+    tifffile.imwrite(p, np.zeros((2, 4, 4), np.uint8), photometric="minisblack")
+    raw = bytearray(p.read_bytes())
+    with tifffile.TiffFile(p) as tif:
+        tags = [tif.pages[0].tags[code] for code in (256, 257)]  # ImageWidth, ImageLength
+        spots = [(t.valueoffset, t.dtype) for t in tags]
+    for offset, dtype in spots:  # claim 100000 x 100000 pixels (or 60000 as SHORT)
+        raw[offset : offset + 4] = (
+            struct.pack("<HH", 60000, 0) if dtype == 3 else struct.pack("<I", 100000)
+        )
+    p.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="abs.tif"):
+        open_video(p)
+
+
+def test_sources_pickle_to_workers(tmp_path):
+    """Lazy videos travel to distributed workers: the graph pickles and reads after."""
+    from conftest import SHARED_DATA
+
+    a = np.arange(3 * 5 * 6, dtype=np.uint16).reshape(3, 5, 6)
+    tifffile.imwrite(tmp_path / "s.tif", a, photometric="minisblack")
+    paths = [tmp_path / "s.tif"]
+    emd = SHARED_DATA / "formats" / "fei_example_tem_stack.emd"
+    if emd.exists():
+        pytest.importorskip("rsciio")
+        paths.append(emd)
+    for path in paths:
+        v = open_video(path, chunks=1)
+        clone = pickle.loads(pickle.dumps(v.data))
+        np.testing.assert_array_equal(clone.compute(scheduler="synchronous"), v.values)
 
 
 def test_truncated_mrc(tmp_path):
