@@ -558,6 +558,44 @@ def _check_mrc_header(path: str) -> None:
         )
 
 
+def ser_frame_times(path: str) -> np.ndarray | None:
+    """Per-frame acquisition times (s, from the first) of a TIA .ser series, if increasing.
+
+    TIA stores a time tag (whole seconds since 1970) with every element; the
+    times are returned only when they strictly increase (1-s resolution makes
+    faster series repeat a second; those keep a uniform time axis). Headers
+    and tags only are read.
+    """
+    try:
+        from rsciio.tia._api import get_header_dtype_list
+
+        with open(path, "rb") as fh:
+            header = np.fromfile(fh, dtype=np.dtype(get_header_dtype_list(fh)), count=1)
+            total = int(header["TotalNumberElements"][0])
+            valid = int(header["ValidNumberElements"][0])
+            if not (0 < valid <= total <= 10**8):
+                return None
+            off_dtype = "<u4" if int(header["SeriesVersion"][0]) <= 528 else "<u8"
+            fh.seek(int(header["OffsetArrayOffset"][0]))
+            np.fromfile(fh, off_dtype, total)  # data offsets
+            tag_offsets = np.fromfile(fh, off_dtype, total)[:valid]
+            stamps = []
+            for off in tag_offsets:
+                fh.seek(int(off))
+                tag = np.fromfile(fh, "<u2", 2)
+                stamp = np.fromfile(fh, "<u4", 1)
+                if tag.size < 2 or stamp.size < 1 or int(tag[0]) not in (0x4152, 0x4142):
+                    return None
+                stamps.append(int(stamp[0]))
+    except Exception as exc:  # noqa: BLE001 - optional metadata: never fail the open
+        logger.debug("%s: no per-frame times (%s)", path, exc)
+        return None
+    times = np.asarray(stamps, dtype=np.float64)
+    if times.size < 2 or np.any(np.diff(times) <= 0):
+        return None
+    return times - times[0]
+
+
 def _axis_order(axes: list[dict]) -> list[dict]:
     if all("index_in_array" in a for a in axes):
         return sorted(axes, key=lambda a: int(a["index_in_array"]))
@@ -622,4 +660,7 @@ def read_header_tem(path: str) -> Header:
     if nav:
         ta = nav[0]
         interval = time_to_s(float(ta.get("scale", 1.0)), ta.get("units") or None)
-    return Header(path, suffix.lstrip("."), source, pixel_nm, interval, None)
+    times = ser_frame_times(path) if suffix == ".ser" and n > 1 else None
+    if times is not None and len(times) != n:
+        times = None
+    return Header(path, suffix.lstrip("."), source, pixel_nm, interval, times)

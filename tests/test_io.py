@@ -473,3 +473,23 @@ def test_real_instrument_files(name, shape, dtype, pixel_nm, interval_s):
     assert _readers.decoded_frames() == shape[0]
     if name == "test-1.dm3":  # DM3 and DM4 of the same acquisition hold the same values
         np.testing.assert_array_equal(values, open_video(shared_data("formats/test-1.dm4")).values)
+
+
+def test_ser_per_frame_times_give_non_uniform_time(tmp_path):
+    """TIA time tags (1-s resolution) become `time` when they increase; else ignored."""
+    pytest.importorskip("rsciio")
+    src = shared_data("formats/128x128x5-diffraction_preview_1.ser")
+    raw = bytearray(src.read_bytes())
+    # this series' 5 time tags all hold the same second: no per-frame times
+    assert open_video(src).attrs["frame_interval_known"] is False
+    # tag offsets follow the 5 data offsets at OffsetArrayOffset (72; 8-byte offsets)
+    tag_offsets = np.frombuffer(bytes(raw[72 + 40 : 72 + 80]), "<u8")
+    stamp0 = int(np.frombuffer(bytes(raw[tag_offsets[0] + 4 : tag_offsets[0] + 8]), "<u4")[0])
+    for off, dt in zip(tag_offsets, [0, 2, 4, 10, 12], strict=True):  # frames dropped at 6-8 s
+        raw[off + 4 : off + 8] = np.array([stamp0 + dt], "<u4").tobytes()
+    p = tmp_path / "timed_1.ser"
+    p.write_bytes(bytes(raw))
+    v = open_video(p)
+    np.testing.assert_array_equal(v["time"].values, [0.0, 2.0, 4.0, 10.0, 12.0])
+    assert v.attrs["frame_interval_s"] == 2.0 and v.attrs["frame_interval_known"] is True
+    np.testing.assert_array_equal(v.values, open_video(src).values)
