@@ -117,7 +117,9 @@ def region_outline(
     return np.ascontiguousarray(c)
 
 
-def resample_closed(points: np.ndarray, *, step_px: float = 1.0, min_points: int = 16) -> np.ndarray:
+def resample_closed(
+    points: np.ndarray, *, step_px: float = 1.0, min_points: int = 16
+) -> np.ndarray:
     """Resample a closed polyline at uniform arc length.
 
     Parameters
@@ -542,15 +544,12 @@ def _frame_info(
         if "frame" in labels.coords
         else np.arange(n, dtype=np.int64)
     )
-    times = None
     for src in (labels, video):
         if src is not None and "time" in src.coords and src.sizes["frame"] == n:
-            times = np.asarray(src["time"].values, np.float64)
-            break
-    if times is None:
-        fi = frame_interval_s or _attr("frame_interval_s", labels, video)
-        times = frames * float(fi) if fi else np.full(n, np.nan)
-    return frames, times
+            return frames, np.asarray(src["time"].values, np.float64)
+    fi = frame_interval_s or _attr("frame_interval_s", labels, video)
+    times = frames * float(fi) if fi else np.full(n, np.nan)
+    return frames, np.asarray(times, np.float64)
 
 
 def _matching(arr: xr.DataArray | None, name: str, labels: xr.DataArray, chunks) -> da.Array | None:
@@ -765,7 +764,9 @@ def write_table(
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)
         if isinstance(table, pd.DataFrame):
-            _write_part(table.reset_index(drop=True), str(tmp / "part.00000.parquet"), name, col_units)
+            _write_part(
+                table.reset_index(drop=True), str(tmp / "part.00000.parquet"), name, col_units
+            )
         else:
             parts = table.to_delayed()
             tasks = [

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import dask
 import dask.array as da
@@ -29,7 +28,7 @@ import xarray as xr
 from . import schema
 from .errors import FormatError, StoreError
 from .measure import column_units, part_files
-from .store import IMAGE, LABELS, PROBABILITY, atomic_path, table_path
+from .store import IMAGE, atomic_path, open_store_dataset, table_path
 
 __all__ = ["open_results", "open_image", "open_arrays", "tracks_dataset", "export_csv"]
 
@@ -48,53 +47,24 @@ def _check_store(store: str | os.PathLike) -> Path:
     return p
 
 
-def _coords_for(shape: tuple[int, ...], attrs: dict) -> dict:
-    n, ny, nx = shape
-    coords: dict[str, Any] = {"frame": ("frame", np.arange(n, dtype=np.int64))}
-    ps = attrs.get("pixel_size_nm")
-    if ps:
-        coords["y"] = ("y", (np.arange(ny) + 0.5) * float(ps), {"units": "nm"})
-        coords["x"] = ("x", (np.arange(nx) + 0.5) * float(ps), {"units": "nm"})
-    fi = attrs.get("frame_interval_s")
-    if fi:
-        coords["time"] = ("frame", np.arange(n) * float(fi), {"units": "s"})
-    return coords
-
-
 def open_arrays(store: str | os.PathLike) -> xr.Dataset:
-    """The store's (frame, y, x) arrays (``image``, ``probability``, ``labels``), lazily.
+    """The store's (frame, y, x) arrays (``image``, ``probability``, ``labels``...), lazily.
 
-    Arrays written by xarray (with dimension names) are opened with
-    :func:`xarray.open_zarr`; bare Zarr arrays get dims (frame, y, x) and
-    coordinates from their attrs (``pixel_size_nm``, ``frame_interval_s``).
+    Uses :func:`lptem_dask.store.open_store_dataset` (labels live at
+    ``labels/particles/0``); a directory without ``zarr.json`` (only tables) gives an
+    empty Dataset.
     """
     p = _check_store(store)
-    names = [n for n in (IMAGE, PROBABILITY, LABELS) if (p / n).is_dir()]
-    if not names:
+    if not (p / "zarr.json").exists():
         return xr.Dataset()
     try:
-        ds = xr.open_zarr(p, consolidated=False)
-        ds = ds[[n for n in names if n in ds]]
-        if all(tuple(ds[n].dims) == _DIMS for n in ds.data_vars) and len(ds.data_vars):
-            return ds
-    except Exception as exc:  # bare zarr arrays without dimension names
-        logger.debug("xr.open_zarr(%s) failed (%s); reading bare arrays", p, exc)
-    import zarr
-
-    try:
-        group = zarr.open_group(str(p), mode="r")
+        ds = open_store_dataset(p)
+    except StoreError:
+        raise
     except Exception as exc:
         raise FormatError(f"cannot open the Zarr store {str(p)!r}: {exc}") from exc
-    gattrs = dict(group.attrs)
-    out = {}
-    for n in names:
-        arr = group[n]
-        attrs = {**{k: v for k, v in gattrs.items() if k != "lptem"}, **dict(arr.attrs)}
-        data = da.from_zarr(arr)
-        if data.ndim != 3:
-            raise FormatError(f"{str(p / n)!r} has {data.ndim} dims; expected (frame, y, x)")
-        out[n] = xr.DataArray(data, dims=_DIMS, coords=_coords_for(data.shape, attrs), attrs=attrs)
-    return xr.Dataset(out)
+    keep = [n for n in ds.data_vars if tuple(ds[n].dims) == _DIMS]
+    return ds[keep]
 
 
 def open_image(store: str | os.PathLike) -> xr.DataArray:
@@ -122,6 +92,8 @@ def _part_frames(path: Path) -> tuple[int, int] | None:
             return int(fr.min()), int(fr.max())
         lo = st.min if lo is None else min(lo, st.min)
         hi = st.max if hi is None else max(hi, st.max)
+    if lo is None or hi is None:
+        return None
     return int(lo), int(hi)
 
 

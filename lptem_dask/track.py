@@ -131,7 +131,9 @@ def _orientation_column(table: pd.DataFrame, symmetry_deg: float | None) -> str 
 
 
 # ----------------------------------------------------------------------------- drift
-def tracks_drift(tracks: pd.DataFrame, frames: Sequence[int] | None = None) -> pd.DataFrame:
+def tracks_drift(
+    tracks: pd.DataFrame, frames: Sequence[int] | np.ndarray | None = None
+) -> pd.DataFrame:
     """Drift (nm) per frame from linked tracks, with :func:`trackpy.compute_drift`.
 
     Frames without any particle present in the previous frame keep the drift of
@@ -149,7 +151,7 @@ def tracks_drift(tracks: pd.DataFrame, frames: Sequence[int] | None = None) -> p
     return _fill_drift(d[["drift_y_nm", "drift_x_nm"]], frames)
 
 
-def _fill_drift(d: pd.DataFrame, frames: Sequence[int] | None) -> pd.DataFrame:
+def _fill_drift(d: pd.DataFrame, frames: Sequence[int] | np.ndarray | None) -> pd.DataFrame:
     if frames is not None:
         idx = pd.Index(np.unique(np.asarray(frames, np.int64)), name="frame")
         d = d.reindex(d.index.union(idx)).sort_index().ffill().fillna(0.0).reindex(idx)
@@ -258,7 +260,7 @@ def _with_drift(df: pd.DataFrame, drift: pd.DataFrame | None) -> pd.DataFrame:
         df["drift_x_nm"] = 0.0
     else:
         d = _fill_drift(drift[["drift_y_nm", "drift_x_nm"]].copy(), df["frame"].to_numpy())
-        idx = d.index.get_indexer(df["frame"].to_numpy())
+        idx = d.index.get_indexer(pd.Index(df["frame"].to_numpy()))
         df["drift_y_nm"] = d["drift_y_nm"].to_numpy()[idx]
         df["drift_x_nm"] = d["drift_x_nm"].to_numpy()[idx]
     df[_LINK_POS[0]] = df["y_nm"].to_numpy() - df["drift_y_nm"].to_numpy()

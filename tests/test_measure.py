@@ -107,9 +107,7 @@ def test_empty_frames_give_typed_zero_row_tables():
     for shape in (None, "prism", "rod"):
         t = measure_regions(lab, shape=shape).compute()
         assert len(t) == 0
-        assert {c: str(t[c].dtype) for c in t} == schema.table_dtypes(
-            schema.regions_columns(shape)
-        )
+        assert {c: str(t[c].dtype) for c in t} == schema.table_dtypes(schema.regions_columns(shape))
     c = measure_contours(lab).compute()
     assert len(c) == 0 and list(c.columns) == list(schema.CONTOURS)
 
@@ -255,7 +253,9 @@ def _ellipse_curvature_errors(noise, curvature_sigma_px, seed=2):
 def test_contour_curvature_of_ellipses_within_5_percent():
     # smooth probability map (edge width 1.5 px), default smoothing
     rel = _ellipse_curvature_errors(0.0, 2.0)
-    print(f"ellipse curvature: median rel err {np.median(rel):.4f}, p95 {np.percentile(rel, 95):.4f}")
+    print(
+        f"ellipse curvature: median rel err {np.median(rel):.4f}, p95 {np.percentile(rel, 95):.4f}"
+    )
     assert np.median(rel) < 0.025
     assert np.percentile(rel, 95) < 0.05
     # white noise (sd 0.01) on the probability: more smoothing along the arc

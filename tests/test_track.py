@@ -198,9 +198,7 @@ def test_drift_from_tracks_is_recovered_and_helps_linking():
     plain = link(table, search_range_nm=0.6 * spacing, memory=0)
     assert wrong_link_fraction(plain)[0] > 2 * wrong
     # positions stay as measured
-    np.testing.assert_allclose(
-        np.sort(tracks.y_nm.to_numpy()), np.sort(table.y_nm.to_numpy())
-    )
+    np.testing.assert_allclose(np.sort(tracks.y_nm.to_numpy()), np.sort(table.y_nm.to_numpy()))
     # tracks_drift equals trackpy.compute_drift where trackpy defines it
     td = tracks_drift(tracks)
     tp = trackpy.compute_drift(tracks, pos_columns=["y_nm", "x_nm"])
@@ -278,9 +276,9 @@ def _store_with_regions(tmp_path, table, frames_per_part):
     return tmp_path / "v.zarr", t
 
 
-def _assert_windowed_equals_whole(store, t, **kw):
+def _assert_windowed_equals_whole(store, t, window_frames=7, batch_rows=333, **kw):
     whole = link(t, **kw)
-    out = link_store(store, **kw, window_frames=kw.pop("window_frames", 7), batch_rows=333)
+    out = link_store(store, **kw, window_frames=window_frames, batch_rows=batch_rows)
     parts = sorted(out.glob("part.*.parquet"))
     windowed = read_table(out).compute().reset_index(drop=True)
     assert len(windowed) == len(whole)
@@ -323,7 +321,7 @@ def test_link_store_equals_whole_video_linking_1e5_rows(tmp_path):
     assert len(table) >= 100_000
     store, t = _store_with_regions(tmp_path, table, frames_per_part=50)
     parts = _assert_windowed_equals_whole(
-        store, t, search_range_nm=0.6 * spacing, memory=3, window_frames=80
+        store, t, search_range_nm=0.6 * spacing, memory=3, window_frames=80, batch_rows=20000
     )
     assert len(parts) >= 10
 
