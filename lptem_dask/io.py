@@ -32,8 +32,10 @@ folder of frames       .png/.jpg/.jpeg/.tif/.tiff, natural sort order, one
                        per-frame times from the stream's packets (variable
                        frame rate or dropped frames -> gaps in ``time``);
                        decoded as 8-bit grey (luma) by seeking to each chunk
-.dm3 .dm4 .emd .ser    rosettasciio in lazy mode; pixel size converted to nm;
-.mrc                   frame interval from a time axis where present
+.dm3 .dm4 .emd .ser    rosettasciio in lazy mode; pixel size converted to nm
+.mrc                   (implausible sizes, e.g. diffraction calibrations, are
+                       dropped); frame interval from a time axis where
+                       present; .ser per-frame time tags -> time (if increasing)
 =====================  =====================================================
 
 The caller's ``pixel_size_nm`` and ``frame_interval_s`` override the file's.
@@ -349,21 +351,24 @@ def _video_from_header(
             coords = {k: (d, v, a) for k, (d, v, a) in header.coords.items()}
             return xr.DataArray(data, dims=_DIMS, coords=coords, attrs=dict(stored), name=IMAGE)
         known_px = stored.get("pixel_size_nm") if stored.get("pixel_size_known") else None
+        known_dt = stored.get("frame_interval_known", False)
+        keep_time = frame_interval_s is None and known_dt
         video = from_array(
             data,
             pixel_size_nm=pixel_size_nm if pixel_size_nm is not None else known_px,
-            frame_interval_s=frame_interval_s,
-            time_s=header.time_s if frame_interval_s is None else None,
+            frame_interval_s=frame_interval_s
+            if frame_interval_s is not None
+            else (stored.get("frame_interval_s") if keep_time else None),
+            time_s=header.time_s if keep_time else None,
             source=str(stored.get("source", path)),
             dose_rate_e_per_A2_s=stored.get("dose_rate_e_per_A2_s"),
             name=IMAGE,
         )
         video.attrs["history"] = list(stored.get("history", []))
         return video
+    # the caller's interval makes time uniform; else the file's per-frame times
     time_s = header.time_s if frame_interval_s is None else None
-    interval = frame_interval_s
-    if interval is None and time_s is None:
-        interval = header.frame_interval_s
+    interval = frame_interval_s if frame_interval_s is not None else header.frame_interval_s
     return from_array(
         data,
         pixel_size_nm=pixel_size_nm if pixel_size_nm is not None else header.pixel_size_nm,

@@ -319,6 +319,19 @@ def test_any_zarr_3d_array_and_group(tmp_path):
         open_video(tmp_path / "g.zarr")
 
 
+def test_ingested_store_calibration_override(tmp_path):
+    v = from_array(frames(3), time_s=[0.0, 0.5, 2.0], pixel_size_nm=0.7)
+    store = ingest(v, tmp_path / "v.zarr")
+    w = open_video(store, pixel_size_nm=2.0)  # keeps the stored non-uniform time
+    check_video(w, (3, 12, 16), np.uint16, pixel_nm=2.0, interval_s=v.attrs["frame_interval_s"])
+    np.testing.assert_allclose(w["time"].values, [0.0, 0.5, 2.0])
+    assert [h["step"] for h in w.attrs["history"]] == ["ingest"]
+    u = open_video(ingest(from_array(frames(3)), tmp_path / "u.zarr"), pixel_size_nm=2.0)
+    assert u.attrs["frame_interval_known"] is False  # unknown stays unknown
+    w2 = open_video(store, frame_interval_s=0.25)
+    np.testing.assert_allclose(w2["time"].values, [0.0, 0.25, 0.5])
+
+
 def test_ingested_store_reopens_exactly(tmp_path):
     a = frames(6, dtype=np.float32)
     a[2, 1, 1] = np.nan
