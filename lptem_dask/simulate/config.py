@@ -192,6 +192,9 @@ class ParticlesConfig(StageConfig):
     )
     lattice_gap: Range = Field(default=(0.2, 1.5), description="lattice gap / particle size")
     lattice_vacancy: float = Field(default=0.1, ge=0, lt=1)
+    max_count: int = Field(
+        default=150, ge=1, description="a lattice with more sites keeps a domain of this many"
+    )
     diffusion_nm2_s: Range = Field(default=20.0, description="Brownian D during the exposure")
     motion_substeps: int = Field(default=200, ge=1, le=10000)
     particle_defocus_px: Range = Field(default=0.0, description="extra disk blur, labelled")

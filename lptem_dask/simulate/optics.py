@@ -111,15 +111,15 @@ def _freq_grid(shape: tuple[int, int], rfft: bool) -> np.ndarray:
     return np.sqrt(fy * fy + fx * fx)
 
 
-@functools.lru_cache(maxsize=32)
-def _mtf_cached(shape, kind, cutoff, table_freq, table_values, rfft):
+@functools.lru_cache(maxsize=64)
+def _mtf_cached(shape, kind, cutoff, table_freq, table_values, rfft, dtype="float64"):
     m = mtf_radial(
         _freq_grid(shape, rfft),
         kind,
         cutoff_cycles_per_px=cutoff,
         table_freq=table_freq,
         table_values=table_values,
-    )
+    ).astype(dtype)
     m.setflags(write=False)
     return m
 
@@ -132,6 +132,7 @@ def mtf_2d(
     table_freq=(),
     table_values=(),
     rfft: bool = True,
+    dtype: str = "float64",
 ) -> np.ndarray:
     """The MTF on the (r)FFT frequency grid of an image of ``shape`` (cached, read-only)."""
     return _mtf_cached(
@@ -141,6 +142,7 @@ def mtf_2d(
         tuple(float(x) for x in table_freq),
         tuple(float(x) for x in table_values),
         bool(rfft),
+        str(np.dtype(dtype)),
     )
 
 
@@ -148,7 +150,7 @@ def mtf_2d(
 def _h2_cached(shape, kind, cutoff, table_freq, table_values):
     mtf_f = _mtf_cached(shape, kind, cutoff, table_freq, table_values, False)
     h = sfft.ifft2(mtf_f).real
-    out = sfft.rfft2(h * h)
+    out = sfft.rfft2(h * h).astype(np.complex64)
     out.setflags(write=False)
     return out, float(np.mean(mtf_f**2))
 
@@ -181,7 +183,11 @@ def noise_std_factor(mtf_full: np.ndarray) -> float:
 
 
 def apply_mtf(image: np.ndarray, mtf_rfft: np.ndarray) -> np.ndarray:
-    """Multiply the image's spectrum by the MTF (rfft grid); returns float64."""
+    """Multiply the image's spectrum by the MTF (rfft grid).
+
+    The transform runs in the precision of ``image`` (float32 is twice as
+    fast; pass a float32 MTF with it to stay in single precision).
+    """
     return sfft.irfft2(sfft.rfft2(image) * mtf_rfft, s=image.shape)
 
 
@@ -287,6 +293,8 @@ def disk_kernel(radius_px: float, *, supersample: int = 8) -> np.ndarray:
     yy = (g[:, None, None, None] + o[None, None, :, None]) ** 2
     xx = (g[None, :, None, None] + o[None, None, None, :]) ** 2
     k = ((yy + xx) <= r * r).mean(axis=(2, 3))
+    if k.sum() <= 0:  # radius below the sub-sampling: no blur
+        return np.ones((1, 1))
     return k / k.sum()
 
 

@@ -26,6 +26,7 @@ particles are drawn in the image but never in the mask.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -42,8 +43,6 @@ from .optics import (
     brownian_path,
     disk_kernel,
     electrons_per_pixel,
-    measure_cnr,
-    measure_snr,
     mtf_2d,
     mtf_squared_kernel_rfft,
     path_kernel,
@@ -79,7 +78,7 @@ TRUTH_COLUMNS: dict[str, str] = {
     "lambda_nm": "float64",  # inelastic mean free path of the particle
     "labelled": "bool",  # in mask/labels
     "ghost": "bool",  # blurred/fast distractor, not labelled
-    "defocus_radius_px": "float64",
+    "defocus_radius_px": "float64",  # own disk blur, on top of the image's optics defocus
     "diffusion_nm2_s": "float64",  # Brownian D during the exposure
 }
 
@@ -171,6 +170,11 @@ def sample_particles(
         spacing = max(extent / ps * (1.0 + _draw(pc.lattice_gap, rng)), 3.0)
         pts = _hex_lattice(rng, n_px, spacing, pad)
         pts = pts[rng.random(len(pts)) >= pc.lattice_vacancy]
+        if len(pts) > pc.max_count:
+            # a supracrystal domain: the max_count lattice sites nearest a random point
+            c0 = rng.uniform(0, n_px - 1, size=2)
+            order = np.argsort(((pts - c0) ** 2).sum(axis=1), kind="stable")
+            pts = pts[np.sort(order[: pc.max_count])]
         pts = pts + rng.normal(0, 0.04 * spacing, size=pts.shape)
         n = len(pts)
         ys, xs = pts[:, 0], pts[:, 1]
@@ -243,9 +247,7 @@ def sample_particles(
                 "lambda_nm": v["mfp"],
                 "labelled": not ghost,
                 "ghost": ghost,
-                "defocus_radius_px": (
-                    params["defocus_radius_px"] + p_defocus[i] if not ghost else g_blur[i - n]
-                ),
+                "defocus_radius_px": p_defocus[i] if not ghost else g_blur[i - n],
                 "diffusion_nm2_s": params["diffusion_nm2_s"] if not ghost else g_diff[i - n],
                 "radius_profile_nm": prof,
             }
@@ -264,15 +266,60 @@ def _smooth_noise(rng, n: int, corr: float) -> np.ndarray:
     return (y - y.mean()) / (y.std() + 1e-12)
 
 
+@functools.lru_cache(maxsize=16)
+def _gauss_spectrum(shape: tuple[int, int], corr_px: float) -> np.ndarray:
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    k = np.exp(-2.0 * np.pi**2 * corr_px**2 * (fy * fy + fx * fx)).astype(np.float32)
+    k.setflags(write=False)
+    return k
+
+
 def _gaussian_field(rng, shape, corr_px: float) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field with a Gaussian filter of ``corr_px``.
+
+    Long correlation lengths are drawn on a coarser grid (at least 4 samples
+    per correlation length) and interpolated linearly.
+    """
+    ny, nx = shape
+    f = int(max(1, min(corr_px // 4, min(ny, nx) // 16)))
+    cs = (-(-ny // f), -(-nx // f))
+    w = rng.standard_normal(cs, dtype=np.float32)
+    g = sfft.irfft2(sfft.rfft2(w) * _gauss_spectrum(cs, float(corr_px) / f), s=cs)
+    if f > 1:
+        g = ndimage.zoom(g, f, order=1, mode="grid-wrap", grid_mode=True)[:ny, :nx]
+    g = g.astype(np.float64)
+    g -= g.mean()
+    return g / (g.std() + 1e-300)
+
+
+@functools.lru_cache(maxsize=16)
+def _canvas_blur_spectrum(
+    shape: tuple[int, int], radius_px: float, fringe: float, sigma_px: float
+) -> np.ndarray:
+    """rFFT transfer function of ``disk * (1 + fringe (1 - Gauss_sigma))`` on the canvas.
+
+    The disk is the defocus "bokeh"; ``fringe (x - G x)`` is a band-pass edge
+    term: darker rim inside, brighter halo outside (Fresnel fringes of an
+    under-focused bright-field image).
+    """
     ny, nx = shape
     fy = np.fft.fftfreq(ny)[:, None]
     fx = np.fft.rfftfreq(nx)[None, :]
-    k = np.exp(-2.0 * np.pi**2 * corr_px**2 * (fy * fy + fx * fx))
-    w = rng.standard_normal(shape)
-    f = sfft.irfft2(sfft.rfft2(w) * k, s=shape)
-    f -= f.mean()
-    return f / (f.std() + 1e-300)
+    H = np.ones((ny, nx // 2 + 1))
+    if radius_px > 0:
+        k = disk_kernel(radius_px)
+        pad = np.zeros(shape)
+        r = k.shape[0] // 2
+        pad[: k.shape[0], : k.shape[1]] = k
+        pad = np.roll(pad, (-r, -r), axis=(0, 1))
+        H = sfft.rfft2(pad)
+    if fringe > 0:
+        G = np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fy * fy + fx * fx))
+        H = H * (1.0 + fringe * (1.0 - G))
+    out = np.asarray(H, dtype=np.complex64)
+    out.setflags(write=False)
+    return out
 
 
 def make_background(
@@ -379,6 +426,7 @@ def render_frame(
     target_cnr: float | None = None,
     boundary_width_px: int = 1,
     return_maps: bool = False,
+    expected_cnr: bool = False,
 ) -> dict[str, Any]:
     """Render one frame from an explicit particle table.
 
@@ -409,6 +457,8 @@ def render_frame(
     target_cnr : float, optional
         Overrides the configuration's target CNR.
     boundary_width_px : int
+    expected_cnr : bool
+        Compute ``cnr_expected`` even without a target CNR (costs a few ms).
     return_maps : bool
         Also return ``expected`` (noise-free final image, float32) and
         ``thickness_nm`` (summed particle thickness, float32).
@@ -420,7 +470,8 @@ def render_frame(
         ``labels`` int32; ``boundary`` bool; ``ghost`` bool (footprint of
         unlabelled particles); ``truth`` DataFrame (input rows with ``label``
         and ``area_px``); ``cnr``, ``snr`` measured on ``image``;
-        ``cnr_expected`` (from the noise-free image and the noise model);
+        ``cnr_expected`` (from the noise-free image and the noise model;
+        NaN unless a target CNR or ``expected_cnr`` was requested);
         ``electrons_per_px``; ``pixel_size_nm``; ``params``.
     """
     cfg = load_simulation_config(config)
@@ -444,7 +495,6 @@ def render_frame(
     canvas = (n, n)
     A = np.zeros(canvas)  # Σ t_i / λ_i
     T = np.zeros(canvas)  # Σ t_i
-    F = None  # Fresnel fringe exponent
     mask = np.zeros(canvas, dtype=bool)
     labels = np.zeros(canvas, dtype=np.int32)
     ghost = np.zeros(canvas, dtype=bool)
@@ -487,8 +537,6 @@ def render_frame(
             dk = disk_kernel(dr)
             kern = dk if kern is None else signal.fftconvolve(kern, dk)
         margin = (kern.shape[0] // 2 if kern is not None else 0) + 1
-        if fringe > 0:
-            margin += int(np.ceil(4 * fr_sigma))
         y0 = int(np.floor(cy - rb)) - margin
         x0 = int(np.floor(cx - rb)) - margin
         y1 = int(np.ceil(cy + rb)) + margin + 1
@@ -508,25 +556,31 @@ def render_frame(
         else:
             t_img = t_c
         if kern is not None and kern.size > 1:
-            t_img = np.maximum(signal.fftconvolve(t_img, kern, mode="same"), 0.0)
+            t_img = np.maximum(
+                signal.fftconvolve(t_img.astype(np.float32), kern.astype(np.float32), mode="same"),
+                0.0,
+            ).astype(np.float64)
         cs, psl = sl
         A[cs] += t_img[psl] / lam
         T[cs] += t_img[psl]
-        if fringe > 0:
-            if F is None:
-                F = np.zeros(canvas)
-            F[cs] += fringe * (t_img - ndimage.gaussian_filter(t_img, fr_sigma))[psl] / lam
         if bool(row["labelled"]):
             inside = t_c[psl] > 0
             mask[cs] |= inside
             labels[cs][inside] = int(row["label"])
         else:
             ghost[cs] |= t_img[psl] > 1e-6
+    # the image's optics defocus (disk) and Fresnel edge fringe act on all particles at once
+    g_def = float(params.get("defocus_radius_px", 0.0))
+    if g_def > 0 or fringe > 0:
+        H = _canvas_blur_spectrum(canvas, g_def, fringe, fr_sigma)
+        A = sfft.irfft2(sfft.rfft2(A.astype(np.float32)) * H, s=canvas).astype(np.float64)
+        if g_def > 0:
+            Hd = _canvas_blur_spectrum(canvas, g_def, 0.0, fr_sigma)
+            T = sfft.irfft2(sfft.rfft2(T.astype(np.float32)) * Hd, s=canvas).astype(np.float64)
+            T = np.maximum(T, 0.0)
     # Beer-Lambert
     liquid = background["liquid_nm"]
     E = A + np.maximum(liquid - T, 0.0) / o.liquid_mfp_nm + 2.0 * o.sin_thickness_nm / o.sin_mfp_nm
-    if F is not None:
-        E += F
     if background.get("speck_exponent") is not None:
         E += background["speck_exponent"]
     m = np.exp(-E) * background["illumination"]
@@ -538,13 +592,14 @@ def render_frame(
         table_values=o.mtf_table_values,
     )
     use_mtf = kind != "none"
-    mtf_r = mtf_2d(canvas, kind, **mtf_kw) if use_mtf else None
+    mtf_r = mtf_2d(canvas, kind, dtype="float32", **mtf_kw) if use_mtf else None
     bg = background_region(mask, margin_px=cfg.cnr_margin_px, exclude=ghost)
     read = float(params["read_noise_e"])
     corr_rel = float(params["correlated_noise_rel"])
     gain = o.gain_counts_per_e * float(params.get("drift_factor", 1.0))
     tgt = target_cnr if target_cnr is not None else params.get("target_cnr")
-    coef = _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain)
+    need = (tgt is not None and electrons_per_px is None) or expected_cnr
+    coef = _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain) if need else None
     if electrons_per_px is not None:
         n_e = float(electrons_per_px)
     elif tgt is not None and coef is not None:
@@ -562,7 +617,7 @@ def render_frame(
         sc = corr_rel * np.sqrt(n_e * float(m.mean()))
         img += sc * _gaussian_field(rng, canvas, o.correlated_noise_length_px)
     if use_mtf:
-        img = apply_mtf(img, mtf_r)
+        img = apply_mtf(img.astype(np.float32), mtf_r).astype(np.float64)
     img *= gain
     if o.quantisation == "uint16":
         img = np.clip(np.rint(img + o.offset_counts), 0, 65535)
@@ -572,6 +627,7 @@ def render_frame(
     elif o.offset_counts:
         img += o.offset_counts
     image = img.astype(np.float32)
+    cnr, snr = _cnr_snr(image, mask, bg)
     areas = np.bincount(
         labels.ravel(), minlength=int(np.max(truth["label"].to_numpy(), initial=0)) + 1
     )
@@ -583,20 +639,34 @@ def render_frame(
         "boundary": boundary_band(labels, width_px=boundary_width_px),
         "ghost": ghost,
         "truth": truth,
-        "cnr": measure_cnr(image, mask, background=bg),
-        "snr": measure_snr(image, background=bg),
+        "cnr": cnr,
+        "snr": snr,
         "cnr_expected": cnr_expected,
         "electrons_per_px": n_e,
         "pixel_size_nm": ps,
         "params": params,
     }
     if return_maps:
-        expected = (apply_mtf(n_e * m, mtf_r) if use_mtf else n_e * m) * gain + (
-            o.offset_counts if o.quantisation != "uint8" else 0.0
-        )
+        expected = (
+            apply_mtf(n_e * m, mtf_2d(canvas, kind, **mtf_kw)) if use_mtf else n_e * m
+        ) * gain + (o.offset_counts if o.quantisation != "uint8" else 0.0)
         out["expected"] = expected.astype(np.float32)
         out["thickness_nm"] = T.astype(np.float32)
     return out
+
+
+def _cnr_snr(image: np.ndarray, mask: np.ndarray, bg: np.ndarray) -> tuple[float, float]:
+    """Measured CNR and SNR on the final image (as measure_cnr / measure_snr)."""
+    if not bg.any():
+        return float("nan"), float("nan")
+    b = image[bg].astype(np.float64)
+    mb, sd = float(b.mean()), float(b.std())
+    snr = mb / sd if sd > 0 else float("inf")
+    if not mask.any():
+        return float("nan"), snr
+    c = mb - float(image[mask].astype(np.float64).mean())
+    cnr = c / sd if sd > 0 else float(np.copysign(np.inf, c) if c else np.nan)
+    return cnr, snr
 
 
 def _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain):
@@ -612,10 +682,10 @@ def _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain):
         return None
     shape = m.shape
     if kind != "none":
-        mtf_r = mtf_2d(shape, kind, **mtf_kw)
+        mtf_r = mtf_2d(shape, kind, dtype="float32", **mtf_kw)
         mtf_f = mtf_2d(shape, kind, rfft=False, **mtf_kw)
         H2, k2 = mtf_squared_kernel_rfft(shape, kind, **mtf_kw)
-        M = sfft.rfft2(m)
+        M = sfft.rfft2(m.astype(np.float32))
         mb = sfft.irfft2(M * mtf_r, s=shape)
         vp = sfft.irfft2(M * H2, s=shape)
     else:
