@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,10 +384,16 @@ def read_header_images(path: str, files: list[str], *, fmt: str) -> Header:
     return Header(path, fmt, source)
 
 
+def _natural_key(path: str) -> list:
+    """Natural sort key of a file name: ``frame2`` before ``frame10``."""
+    return [
+        (0, int(t), "") if t.isdigit() else (1, 0, t.lower())
+        for t in re.split(r"(\d+)", Path(path).name)
+    ]
+
+
 def read_header_folder(path: str) -> Header:
     """Header of a folder of PNG/JPEG/TIFF frames in natural sort order."""
-    import natsort
-
     files = [
         str(p)
         for p in Path(path).iterdir()
@@ -397,7 +404,12 @@ def read_header_folder(path: str) -> Header:
             f"{path!r}: folder holds no .png/.jpg/.jpeg/.tif/.tiff frames; point to a folder "
             f"of frames, a video file or a .zarr store"
         )
-    files = natsort.natsorted(files, alg=natsort.ns.PATH)
+    try:
+        import natsort
+
+        files = natsort.natsorted(files, alg=natsort.ns.PATH)
+    except ImportError:  # pragma: no cover - natsort is a dependency; same order for names
+        files = sorted(files, key=_natural_key)
     return read_header_images(path, files, fmt="image-folder")
 
 

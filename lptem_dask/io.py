@@ -182,9 +182,9 @@ def from_array(
     Examples
     --------
     >>> import numpy as np
-    >>> v = from_array(np.zeros((4, 8, 8), np.uint16), pixel_size_nm=0.5, frame_interval_s=0.1)
+    >>> v = from_array(np.zeros((4, 8, 8), np.uint16), pixel_size_nm=0.5, frame_interval_s=0.25)
     >>> v.dims, v.sizes["frame"], float(v.x[0]), float(v.time[-1])
-    (('frame', 'y', 'x'), 4, 0.25, 0.30000000000000004)
+    (('frame', 'y', 'x'), 4, 0.25, 0.75)
     """
     if isinstance(array, xr.DataArray):
         array = array.data

@@ -266,6 +266,17 @@ def test_folder_png_natural_order_uint16(tmp_path):
     np.testing.assert_array_equal(v.values, a)
 
 
+def test_natural_key_fallback_matches_natsort():
+    import natsort
+
+    from lptem_dask._io_formats import _natural_key
+
+    names = ["f10.png", "f2.png", "f1.png", "f1b.png", "g.png", "f100.png", "a3.png", "f9.png"]
+    expect = ["a3.png", "f1.png", "f1b.png", "f2.png", "f9.png", "f10.png", "f100.png", "g.png"]
+    assert natsort.natsorted(names, alg=natsort.ns.PATH) == expect
+    assert sorted(names, key=_natural_key) == expect
+
+
 def test_folder_jpeg_lossy_within_tolerance(tmp_path):
     a = np.stack([np.full((16, 16), 20 * i + 10, np.uint8) for i in range(4)])
     a[:, 4:8, 4:8] += 30
