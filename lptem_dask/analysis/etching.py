@@ -205,10 +205,33 @@ def _project(XA: np.ndarray, XB: np.ndarray, kB: np.ndarray, max_disp: float):
     return disp, kb
 
 
+def _smooth_outline(X: np.ndarray, sigma_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a closed CCW curve uniformly, smooth it along the arc, return it and its curvature."""
+    closed = np.vstack([X, X[:1]])
+    seg = np.hypot(*np.diff(closed, axis=0).T)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    perim = s[-1]
+    n = max(len(X), 16)
+    t = np.arange(n) * perim / n
+    P = np.column_stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])])
+    k = 2 * np.pi * np.fft.fftfreq(n, d=perim / n)
+    F = np.fft.fft(P, axis=0) * np.exp(-0.5 * (k * sigma_nm) ** 2)[:, None]
+    P = np.fft.ifft(F, axis=0).real
+    k1 = k.copy()
+    if n % 2 == 0:
+        k1[n // 2] = 0
+    d1 = np.fft.ifft(1j * k1[:, None] * F, axis=0).real
+    d2 = np.fft.ifft(-(k**2)[:, None] * F, axis=0).real
+    sp = np.hypot(d1[:, 0], d1[:, 1])
+    kappa = (d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]) / sp**3
+    return P, kappa
+
+
 def normal_velocities(
     contours: pd.DataFrame,
     *,
     frame_interval_s: float,
+    smooth_nm: float = 1.0,
     max_displacement_nm: float = 5.0,
 ) -> pd.DataFrame:
     """Local inward normal velocity of every outline point between consecutive frames.
@@ -219,6 +242,12 @@ def normal_velocities(
         Contours with ``particle`` (``frame``, ``point``, ``y_nm``, ``x_nm``,
         ``curvature_per_nm``).
     frame_interval_s : float
+    smooth_nm : float
+        Both outlines are resampled uniformly and smoothed along the arc by a
+        Gaussian of this length (nm) before normals and curvature are taken
+        (the table's ``curvature_per_nm`` is not used): pixel-scale noise in
+        the curvature would otherwise bias the fitted slope ``b`` towards 0
+        (errors in variables). 0 keeps the outlines as they are.
     max_displacement_nm : float
         Projections farther than this are dropped.
 
@@ -226,7 +255,8 @@ def normal_velocities(
     -------
     pandas.DataFrame
         ``frame`` (start of the interval), ``time_s`` (mid-interval),
-        ``particle``, ``point``, ``y_nm``, ``x_nm``, ``curvature_per_nm``
+        ``particle``, ``point`` (index on the resampled outline), ``y_nm``,
+        ``x_nm``, ``curvature_per_nm``
         (mean of both ends), ``displacement_nm`` (inward positive),
         ``v_nm_per_s``.
     """
@@ -240,19 +270,12 @@ def normal_velocities(
         gB = groups.get((p, f + 1))
         if gB is None or len(gA) < 8 or len(gB) < 8:
             continue
-        XA = np.column_stack([gA["x_nm"], -gA["y_nm"]])
-        XB = np.column_stack([gB["x_nm"], -gB["y_nm"]])
-        kA = gA["curvature_per_nm"].to_numpy(np.float64)
-        kB = gB["curvature_per_nm"].to_numpy(np.float64)
-
-        def orient(X, k):
-            a = np.sum(X[:, 0] * np.roll(X[:, 1], -1) - np.roll(X[:, 0], -1) * X[:, 1])
-            return (X, k, np.arange(len(X))) if a >= 0 else (X[::-1], k[::-1], np.arange(len(X))[::-1])
-
-        XA, kA, idx = orient(XA, kA)
-        XB, kB, _ = orient(XB, kB)
+        XA = _ccw_screen(gA[["y_nm", "x_nm"]].to_numpy(np.float64))
+        XB = _ccw_screen(gB[["y_nm", "x_nm"]].to_numpy(np.float64))
+        XA, kA = _smooth_outline(XA, smooth_nm)
+        XB, kB = _smooth_outline(XB, smooth_nm)
         disp, kb = _project(XA, XB, kB, max_displacement_nm)
-        pts = gA["point"].to_numpy()[idx]
+        pts = np.arange(len(XA))
         out.append(
             pd.DataFrame(
                 {
@@ -277,8 +300,33 @@ def normal_velocities(
 
 
 # ------------------------------------------------------------------------ fits
-def huber_fit(x: np.ndarray, y: np.ndarray, *, c: float = 1.345, n_iter: int = 50) -> np.ndarray:
+def _wls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    sw = w.sum()
+    mx, my = (w * x).sum() / sw, (w * y).sum() / sw
+    dx = x - mx
+    sxx = (w * dx * dx).sum()
+    b = (w * dx * (y - my)).sum() / sxx if sxx > 0 else 0.0
+    return np.array([my - b * mx, b])
+
+
+def huber_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    c: float = 1.345,
+    n_iter: int = 50,
+    scale: float | None = None,
+) -> np.ndarray:
     """Huber-robust straight line ``y = a + b x`` by iteratively reweighted least squares.
+
+    Parameters
+    ----------
+    x, y : ndarray, shape (n,)
+    c : float
+        Huber tuning constant (in units of the residual scale).
+    n_iter : int
+    scale : float, optional
+        Fixed residual scale; default re-estimated (MAD) at every iteration.
 
     Returns
     -------
@@ -293,21 +341,24 @@ def huber_fit(x: np.ndarray, y: np.ndarray, *, c: float = 1.345, n_iter: int = 5
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
-    A = np.column_stack([np.ones_like(x), x])
-    beta = np.linalg.lstsq(A, y, rcond=None)[0]
+    beta = _wls(x, y, np.ones_like(x))
     for _ in range(n_iter):
-        r = y - A @ beta
-        scale = 1.4826 * np.median(np.abs(r - np.median(r)))
-        if scale <= 1e-15:
+        r = y - beta[0] - beta[1] * x
+        sc = scale if scale is not None else 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        if sc <= 1e-15:
             break
-        w = np.minimum(1.0, c * scale / np.maximum(np.abs(r), 1e-300))
-        sw = np.sqrt(w)
-        new = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)[0]
-        if np.allclose(new, beta, rtol=1e-10, atol=1e-14):
-            beta = new
-            break
+        w = np.minimum(1.0, c * sc / np.maximum(np.abs(r), 1e-300))
+        new = _wls(x, y, w)
+        done = np.all(np.abs(new - beta) <= 1e-9 * (np.abs(beta) + sc))
         beta = new
+        if done:
+            break
     return beta
+
+
+def _huber_scale(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
+    r = y - beta[0] - beta[1] * x
+    return 1.4826 * float(np.median(np.abs(r - np.median(r))))
 
 
 def fit_velocity_law(
@@ -338,6 +389,8 @@ def fit_velocity_law(
     if len(vel) < 3:
         raise InputError("`vel` needs at least 3 points to fit v_n = a + b kappa")
     a, b = huber_fit(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy())
+    sc = _huber_scale(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy(), np.array([a, b]))
+    sc = sc if sc > 1e-15 else None
     keys = vel.groupby(list(cluster), sort=False).indices
     groups = list(keys.values())
     x = vel["curvature_per_nm"].to_numpy()
@@ -349,7 +402,7 @@ def fit_velocity_law(
         idx = np.concatenate([groups[i] for i in pick])
         if np.ptp(x[idx]) <= 0:
             continue
-        boots.append(huber_fit(x[idx], y[idx]))
+        boots.append(huber_fit(x[idx], y[idx], scale=sc, n_iter=20))
     B = np.array(boots) if boots else np.full((1, 2), np.nan)
     lo, hi = np.nanpercentile(B, [2.5, 97.5], axis=0)
     return {
@@ -403,36 +456,44 @@ def detect_stages(
     max_breakpoints: int = 3,
     min_size: int = 3,
     rel_floor: float = 0.03,
+    skip_transition: bool = True,
 ) -> dict[str, Any]:
-    """Optimal piecewise-constant segmentation of (several) series with BIC.
+    """Optimal piecewise-constant segmentation of (several) series, number of pieces by BIC.
 
     Parameters
     ----------
     series : ndarray, shape (n,) or (n, k)
-        k series sharing breakpoints (e.g. per-interval a and b).
+        k series sharing breakpoints, in comparable units (e.g. per-interval
+        ``a`` and ``b * kappa_rms``, both nm/s).
     max_breakpoints : int
     min_size : int
         Fewest points per segment.
     rel_floor : float
-        Floor of each series' noise SD, relative to its median absolute
-        value (noise-free data would otherwise split on any drift).
+        Floor of the noise SD, relative to the median of the summed absolute
+        values of the series (noise-free data would otherwise split on any drift).
+    skip_transition : bool
+        Leave the first point of every segment after the first out of the
+        cost: a stage change inside a frame interval gives that interval
+        mixed rates; the breakpoint is then placed on it.
 
     Returns
     -------
     dict
         ``breakpoints`` (indices where a new segment starts), ``n_breakpoints``,
-        ``bic`` (list by number of breakpoints), ``sigma`` (per series).
+        ``bic`` (by number of breakpoints, 0..max), ``sigma`` (per series).
+
+    Examples
+    --------
+    >>> y = np.r_[np.zeros(10), np.ones(10)] + 0.01 * np.random.default_rng(0).standard_normal(20)
+    >>> detect_stages(y)["breakpoints"]
+    [10]
     """
     Y = np.asarray(series, np.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
     n, k = Y.shape
-    sig = np.array(
-        [
-            _noise_sd(Y[:, j], rel_floor * max(np.median(np.abs(Y[:, j])), 1e-12))
-            for j in range(k)
-        ]
-    )
+    floor = rel_floor * max(float(np.median(np.sum(np.abs(Y), axis=1))), 1e-12)
+    sig = np.array([_noise_sd(Y[:, j], floor) for j in range(k)])
     Z = Y / sig
     c1 = np.vstack([np.zeros(k), np.cumsum(Z, axis=0)])
     c2 = np.vstack([np.zeros(k), np.cumsum(Z * Z, axis=0)])
@@ -452,7 +513,8 @@ def detect_stages(
             for i in range((seg - 1) * min_size, j - min_size + 1):
                 if best[seg - 1, i] == INF:
                     continue
-                v = best[seg - 1, i] + cost(i, j)
+                start = i + 1 if (skip_transition and i > 0) else i
+                v = best[seg - 1, i] + cost(start, j)
                 if v < best[seg, j]:
                     best[seg, j] = v
                     arg[seg, j] = i
@@ -485,6 +547,7 @@ def analyze_etching(
     max_breakpoints: int = 3,
     min_stage_intervals: int = 3,
     guard_intervals: int = 1,
+    smooth_nm: float = 1.0,
     n_boot: int = 300,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -501,6 +564,8 @@ def analyze_etching(
         Stage detection (see :func:`detect_stages`).
     guard_intervals : int
         Intervals on each side of a breakpoint left out of the per-stage fits.
+    smooth_nm : float
+        Smoothing of the outlines along the arc (see :func:`normal_velocities`).
     n_boot, seed : int
         Bootstrap of the intervals.
 
@@ -514,13 +579,14 @@ def analyze_etching(
     if "particle" not in contours.columns:
         contours = assign_particles(contours, tracks=tracks)
     sizes = shape_metrics(contours, frame_interval_s=frame_interval_s)
-    vel = normal_velocities(contours, frame_interval_s=frame_interval_s)
+    vel = normal_velocities(contours, frame_interval_s=frame_interval_s, smooth_nm=smooth_nm)
     rates = interval_rates(vel)
     if len(rates) < 2 * min_stage_intervals:
         seg = {"breakpoints": [], "n_breakpoints": 0, "bic": [], "sigma": []}
     else:
+        kappa_rms = float(np.sqrt(np.mean(vel["curvature_per_nm"] ** 2)))
         seg = detect_stages(
-            rates[["a_nm_per_s", "b_nm2_per_s"]].to_numpy(),
+            np.column_stack([rates["a_nm_per_s"], rates["b_nm2_per_s"] * kappa_rms]),
             max_breakpoints=max_breakpoints,
             min_size=min_stage_intervals,
         )
