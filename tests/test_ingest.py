@@ -153,3 +153,24 @@ def test_round_trip_bit_exact(tmp_path_factory, dtype, n, ny, nx, chunk, seed):
     assert w.dtype == a.dtype
     np.testing.assert_array_equal(w.values, a)
     assert w.values.tobytes() == a.tobytes()  # NaN payloads and signed zeros too
+
+
+@pytest.mark.slow
+def test_ingest_on_a_process_cluster(tmp_path):
+    """Readers and the ingest graph run on a LocalCluster of processes (pickled sources)."""
+    from distributed import Client, LocalCluster
+
+    a = np.arange(6 * 16 * 16, dtype=np.uint16).reshape(6, 16, 16)
+    tifffile.imwrite(tmp_path / "s.tif", a, photometric="minisblack")
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c,
+        Client(c),
+    ):
+        v = open_video(tmp_path / "s.tif", chunks=1)
+        np.testing.assert_array_equal(v.values, a)
+        ingest(tmp_path / "s.tif", tmp_path / "s.zarr", chunk_mb=0.001)
+        w = open_video(tmp_path / "s.zarr")
+        assert w.chunks[0] == (1,) * 6
+        np.testing.assert_array_equal(w.values, a)
