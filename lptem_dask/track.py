@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -397,8 +397,11 @@ def link(
 
 
 # -------------------------------------------------------------------- windowed linking
-def _iter_frames(files: list[Path], batch_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield one DataFrame per frame, reading ``files`` in batches (frames non-decreasing)."""
+def _iter_frames(
+    files: list[Path], batch_rows: int, prepare: Callable[[pd.DataFrame], pd.DataFrame]
+) -> Iterator[pd.DataFrame]:
+    """Yield one DataFrame per frame, reading ``files`` in batches (frames non-decreasing);
+    ``prepare`` is applied to each batch."""
     buf: pd.DataFrame | None = None
     last = None
     for path in files:
@@ -414,6 +417,7 @@ def _iter_frames(files: list[Path], batch_rows: int) -> Iterator[pd.DataFrame]:
                     "with lp.measure_regions / write_table (one part per frame chunk)"
                 )
             last = fr[-1]
+            df = prepare(df)
             if buf is not None:
                 df = pd.concat([buf, df], ignore_index=True)
                 fr = df["frame"].to_numpy()
@@ -434,17 +438,23 @@ def _frames_with_drift(
     """Frames of the regions parts with the drift of each frame (that of the last frame
     before it where it is not given, 0 before any) and the drift-corrected link positions."""
     dfill = None if drift is None else drift[["drift_y_nm", "drift_x_nm"]].sort_index()
-    for f in _iter_frames(files, batch_rows):
+
+    def prepare(df: pd.DataFrame) -> pd.DataFrame:
+        fr = df["frame"].to_numpy()
         if dfill is None:
-            yield _with_drift(f, None)
-            continue
-        i = int(dfill.index.searchsorted(int(f["frame"].iloc[0]), side="right")) - 1
-        dy, dx = (0.0, 0.0) if i < 0 else (float(v) for v in dfill.iloc[i])
-        f["drift_y_nm"] = dy
-        f["drift_x_nm"] = dx
-        f[_LINK_POS[0]] = f["y_nm"] - dy
-        f[_LINK_POS[1]] = f["x_nm"] - dx
-        yield f
+            dy = dx = np.zeros(len(df))
+        else:
+            i = dfill.index.searchsorted(fr, side="right") - 1
+            ok = i >= 0
+            dy = np.where(ok, dfill["drift_y_nm"].to_numpy()[np.maximum(i, 0)], 0.0)
+            dx = np.where(ok, dfill["drift_x_nm"].to_numpy()[np.maximum(i, 0)], 0.0)
+        return df.assign(
+            drift_y_nm=dy,
+            drift_x_nm=dx,
+            **{_LINK_POS[0]: df["y_nm"].to_numpy() - dy, _LINK_POS[1]: df["x_nm"].to_numpy() - dx},
+        )
+
+    yield from _iter_frames(files, batch_rows, prepare)
 
 
 def _streaming_drift(
