@@ -388,3 +388,70 @@ def test_failed_write_leaves_nothing(tmp_path):
         write_table(t, tmp_path, "regions")
     assert not (tmp_path / "tables" / "regions.parquet").exists()
     assert not list((tmp_path / "tables").glob(".tmp*"))
+
+
+# --------------------------------------------------------- against the simulator
+def _simulated(shape_rows: list[dict], pixel_size_nm: float, seed: int = 0):
+    sim = pytest.importorskip("lptem_dask.simulate")
+    cfg = sim.SimulationConfig(
+        optics=sim.OpticsConfig(image_size_px=128, pixel_size_nm=pixel_size_nm, mtf="none")
+    )
+    out = sim.render_frame(pd.DataFrame(shape_rows), cfg, seed=seed)
+    labels = xr.DataArray(
+        out["labels"][None], dims=DIMS, attrs={"pixel_size_nm": float(out["pixel_size_nm"])}
+    )
+    image = xr.DataArray(out["image"][None].astype(np.float64), dims=DIMS)
+    return labels, image, out["truth"]
+
+
+def test_simulated_prisms_orientation_and_centroid():
+    rng = np.random.default_rng(5)
+    rows = [
+        {
+            "y": 20.0 + 29 * (i // 4) + rng.uniform(-2, 2),
+            "x": 20.0 + 29 * (i % 4) + rng.uniform(-2, 2),
+            "shape": "prism",
+            "size_nm": 44.0,
+            "orientation_deg": rng.uniform(0, 360),
+        }
+        for i in range(16)
+    ]
+    labels, image, truth = _simulated(rows, 2.0)
+    t = measure_regions(labels, image, shape="prism").compute().set_index("label")
+    truth = truth.set_index("label").loc[t.index]
+    err = np.abs((t.prism_orientation_deg - truth.orientation_deg % 120 + 60) % 120 - 60)
+    cerr = np.hypot(t.y - truth.y, t.x - truth.x)
+    print(
+        f"simulated prisms: orientation median error {err.median():.2f} deg, "
+        f"centroid median {cerr.median():.3f} px"
+    )
+    assert len(t) == 16
+    assert err.median() < 3.0 and err.max() < 8.0
+    assert cerr.median() < 0.5 and cerr.quantile(0.95) < 1.5
+    assert (t.mean_intensity < np.median(image.values)).all()  # dark particles
+
+
+def test_simulated_rods_length():
+    rng = np.random.default_rng(6)
+    rows = [
+        {
+            "y": 32.0 + 64 * (i // 2) + rng.uniform(-2, 2),
+            "x": 32.0 + 64 * (i % 2) + rng.uniform(-2, 2),
+            "shape": "rod",
+            "size_nm": rng.uniform(25, 40),
+            "diameter_nm": rng.uniform(8, 12),
+            "orientation_deg": rng.uniform(-90, 90),
+        }
+        for i in range(4)
+    ]
+    labels, _, truth = _simulated(rows, 0.5)
+    t = measure_regions(labels, shape="rod").compute().set_index("label")
+    truth = truth.set_index("label").loc[t.index]
+    rel = np.abs(t.rod_length_nm / truth.size_nm - 1)
+    werr = np.abs(t.rod_width_nm / truth.diameter_nm - 1)
+    oerr = np.abs((t.orientation_deg - truth.orientation_deg + 90) % 180 - 90)
+    print(f"simulated rods: length rel error max {rel.max():.4f}, width {werr.max():.3f}")
+    assert len(t) == 4
+    assert rel.max() < 0.03
+    assert werr.max() < 0.1
+    assert oerr.max() < 2.0
