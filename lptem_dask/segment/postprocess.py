@@ -16,8 +16,10 @@ Touching particles are split by a marker-controlled watershed:
 - with a ``boundary`` map: markers are the components of
   ``probability - boundary > marker_threshold`` inside the foreground, and the
   watershed floods ``boundary``.
-- with a ``distance`` map (predicted distance to the background, px): markers
-  are its h-maxima, the watershed floods ``-distance``.
+- with a ``distance`` map (predicted distance to the particle's own edge, e.g.
+  normalised to [0, 1] by the U-Net's distance head; it drops to 0 where two
+  particles touch): markers are its h-maxima of height ``distance_h``, the
+  watershed floods ``-distance``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def _label_frame(
     split_touching: bool,
     marker_h_px: float,
     marker_threshold: float,
+    distance_h: float,
 ) -> np.ndarray:
     fg = np.asarray(prob) > threshold
     if ignore is not None:
@@ -111,9 +114,11 @@ def _label_frame(
         else:
             if distance is not None:
                 land = np.where(fg, np.asarray(distance, dtype=np.float64), 0.0)
+                h = distance_h
             else:
                 land = ndi.distance_transform_edt(fg) * np.clip(prob, 0.0, 1.0)
-            peaks = h_maxima(land, marker_h_px) & fg
+                h = marker_h_px
+            peaks = h_maxima(land, h) & fg
             markers, _ = ndi.label(peaks, structure=ndi.generate_binary_structure(2, 2))
             elevation = -land
         # every component without a marker keeps one label
@@ -143,6 +148,7 @@ def _label_block(
     split_touching: bool = True,
     marker_h_px: float = 1.0,
     marker_threshold: float = 0.5,
+    distance_h: float = 0.1,
 ) -> np.ndarray:
     """Label one block of frames (pure numpy kernel of :func:`label_frames`).
 
@@ -178,6 +184,7 @@ def _label_block(
             split_touching=split_touching,
             marker_h_px=marker_h_px,
             marker_threshold=marker_threshold,
+            distance_h=distance_h,
         )
     return out
 
@@ -211,6 +218,7 @@ def label_frames(
     ignore_mask: xr.DataArray | np.ndarray | None = None,
     marker_h_px: float = 1.0,
     marker_threshold: float = 0.5,
+    distance_h: float = 0.1,
 ) -> xr.DataArray:
     """Particle instances per frame from a probability map (lazy).
 
@@ -232,6 +240,9 @@ def label_frames(
         Minimal height (px of distance) of a landscape maximum to seed a particle.
     marker_threshold : float
         With a ``boundary`` map: seeds are ``probability - boundary > marker_threshold``.
+    distance_h : float
+        With a ``distance`` map: minimal height of its maxima that seed a particle, in
+        the map's units (the U-Net's distance head is normalised to [0, 1]).
 
     Returns
     -------
@@ -309,6 +320,7 @@ def label_frames(
         split_touching=bool(split_touching),
         marker_h_px=float(marker_h_px),
         marker_threshold=float(marker_threshold),
+        distance_h=float(distance_h),
         dtype=np.int32,
         meta=np.empty((0, 0, 0), np.int32),
     )
