@@ -224,6 +224,14 @@ def _smooth_outline(X: np.ndarray, sigma_nm: float) -> tuple[np.ndarray, np.ndar
     d2 = np.fft.ifft(-(k**2)[:, None] * F, axis=0).real
     sp = np.hypot(d1[:, 0], d1[:, 1])
     kappa = (d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]) / sp**3
+    if sigma_nm > 0:
+        # Gaussian smoothing along the arc moves a curve of curvature kappa inward
+        # by sigma^2 kappa / 2 (and raises kappa by the factor 1 + sigma^2 kappa^2 / 2):
+        # undo both to first order, or thinning tips would fake a positive b.
+        n_out = np.column_stack([d1[:, 1], -d1[:, 0]]) / sp[:, None]
+        shift = 0.5 * sigma_nm**2 * kappa
+        P = P + shift[:, None] * n_out
+        kappa = kappa / (1.0 + 0.5 * sigma_nm**2 * kappa**2)
     return P, kappa
 
 
