@@ -47,6 +47,7 @@ from .store import atomic_path, table_path
 __all__ = [
     "measure_regions",
     "measure_contours",
+    "measure_store",
     "write_table",
     "read_table",
     "column_units",
@@ -713,6 +714,69 @@ def measure_contours(
         )
         start += n
     return dd.from_delayed(parts, meta=schema.empty_contours(), verify_meta=False)
+
+
+def measure_store(
+    store: str | os.PathLike,
+    *,
+    shape: str | None = None,
+    contours: bool = False,
+    overwrite: bool = False,
+    contour_sigma_px: float = 1.0,
+    curvature_sigma_px: float = 2.0,
+    step_px: float = 1.0,
+) -> dict[str, Path]:
+    """Measure a store's ``labels`` into its ``regions`` (and ``contours``) tables.
+
+    Reads ``labels`` (and ``image``, ``probability`` where present) lazily from the
+    store, maps :func:`measure_regions` (and :func:`measure_contours`) over their
+    frame chunks and writes ``tables/regions.parquet`` (``tables/contours.parquet``),
+    one part per frame chunk, atomically.
+
+    Returns
+    -------
+    dict mapping table name to its path.
+    """
+    from .results import open_arrays
+
+    ds = open_arrays(store)
+    if "labels" not in ds:
+        raise StoreError(
+            f"store {str(store)!r} has no `labels` array; segment the video first (`lptem segment`)"
+        )
+    labels = ds["labels"]
+    video = ds["image"] if "image" in ds else None
+    prob = ds["probability"] if "probability" in ds else None
+    attrs = {**(video.attrs if video is not None else {}), **labels.attrs}
+    labels = labels.assign_attrs(attrs)
+    out = {
+        "regions": write_table(
+            measure_regions(
+                labels,
+                video,
+                probability=prob,
+                shape=shape,
+                contour_sigma_px=contour_sigma_px,
+            ),
+            store,
+            "regions",
+            overwrite=overwrite,
+        )
+    }
+    if contours:
+        out["contours"] = write_table(
+            measure_contours(
+                labels,
+                probability=prob,
+                step_px=step_px,
+                contour_sigma_px=contour_sigma_px,
+                curvature_sigma_px=curvature_sigma_px,
+            ),
+            store,
+            "contours",
+            overwrite=overwrite,
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- Parquet

@@ -14,7 +14,7 @@ from skimage.draw import disk
 
 from lptem_dask import io
 from lptem_dask.errors import OutputExistsError, StoreError
-from lptem_dask.measure import measure_regions, read_table, write_table
+from lptem_dask.measure import measure_regions, measure_store, read_table, write_table
 from lptem_dask.results import export_csv, open_results, tracks_dataset
 from lptem_dask.store import create_labels_array
 from lptem_dask.track import link, link_store
@@ -49,7 +49,12 @@ def store(tmp_path_factory):
     labels = xr.DataArray(
         da.from_array(lab, chunks=(5, -1, -1)), dims=DIMS, coords=video.coords, attrs=video.attrs
     )
-    write_table(measure_regions(labels, video), path, "regions")
+    paths = measure_store(path, shape="rod", contours=True)
+    assert set(paths) == {"regions", "contours"}
+    pd.testing.assert_frame_equal(
+        read_table(path, "regions").compute().reset_index(drop=True),
+        measure_regions(labels, video, shape="rod").compute().reset_index(drop=True),
+    )
     link_store(path, search_range_nm=10.0, memory=3, window_frames=4)
     return path
 
