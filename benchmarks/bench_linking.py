@@ -102,11 +102,12 @@ def _write_regions(store: Path, n_particles: int, n_frames: int) -> tuple[int, f
     d = table_path(store, "regions")
     d.mkdir(parents=True)
     n = 0
-    spacing = 0.0
-    for i, (df, spacing) in enumerate(brownian_frames(n_particles, n_frames, block=100)):
+    spacings = []
+    for i, (df, sp) in enumerate(brownian_frames(n_particles, n_frames, block=100)):
         _write_part(df, str(d / f"part.{i:05d}.parquet"), "regions", schema.units(df))
         n += len(df)
-    return n, spacing
+        spacings.append(sp)
+    return n, spacings[0]
 
 
 def _child_link(store: str, sr: float, window_frames: int, q) -> None:
