@@ -329,3 +329,77 @@ def test_link_store_equals_whole_video_linking_1e5_rows(tmp_path):
 def test_helpers_are_consistent():
     # ndi import used by blob video; keep the helper honest
     assert ndi is not None
+
+
+# ------------------------------------------------------ simulated video, end to end
+def _otsu_probability(frames: np.ndarray) -> np.ndarray:
+    """A classical stand-in for the U-Net: smoothed Otsu mask (dark particles), as 0/1."""
+    from skimage.filters import threshold_otsu
+
+    out = np.zeros(frames.shape, np.float32)
+    for i, f in enumerate(frames):
+        s = ndi.gaussian_filter(f.astype(np.float64), 1.5)
+        m = ndi.binary_opening(s < threshold_otsu(s), iterations=1)
+        out[i] = ndi.binary_fill_holes(m)
+    return out
+
+
+def test_simulated_video_segment_measure_link():
+    sim = pytest.importorskip("lptem_dask.simulate.dynamics")
+    from lptem_dask.measure import measure_regions
+    from lptem_dask.segment.postprocess import label_frames
+
+    video, truth = sim.simulate_video(
+        "brownian",
+        n_frames=8,
+        seed=0,
+        image_size_px=96,
+        n_particles=5,
+        size_nm=40.0,
+        diffusion_nm2_s=300.0,
+        target_cnr="high",
+        frames_per_chunk=4,
+        boundary="reflecting",
+    )
+    prob = xr.DataArray(
+        _otsu_probability(video.values), dims=video.dims, coords=video.coords, attrs=video.attrs
+    )
+    labels = label_frames(prob, min_area_px=20)
+    regions = measure_regions(labels, video, shape="prism")
+    tracks = link(regions, search_range_nm=15.0, memory=1, symmetry_deg=120)
+    tracks = tracks[~tracks.touches_border].reset_index(drop=True)
+    # match each region to the nearest true particle of its frame
+    match, dist = [], []
+    for f, g in tracks.groupby("frame", sort=False):
+        tt = truth[truth.frame == f]
+        d = np.hypot(
+            g.y.to_numpy()[:, None] - tt.y.to_numpy(), g.x.to_numpy()[:, None] - tt.x.to_numpy()
+        )
+        match.append(pd.Series(tt.particle.to_numpy()[d.argmin(1)], index=g.index))
+        dist.append(pd.Series(d.min(1), index=g.index))
+    tracks["true_particle"] = pd.concat(match)
+    tracks["error_px"] = pd.concat(dist)
+    single = tracks[tracks.area_px < 1.5 * tracks.area_px.median()]  # merged pairs excluded
+    print(
+        f"simulated video: {len(tracks)} regions, centroid error median "
+        f"{single.error_px.median():.3f} px, p95 {single.error_px.quantile(0.95):.3f} px"
+    )
+    assert single.error_px.median() < 0.5
+    assert single.error_px.quantile(0.95) < 1.5
+    # every trajectory follows one particle
+    purity = single.groupby("particle").true_particle.agg(
+        lambda s: s.value_counts().iloc[0] / len(s)
+    )
+    assert (purity == 1.0).all()
+    # orientation modulo 120 deg and its unwrapping along each trajectory
+    t = truth.set_index(["frame", "particle"])
+    key = list(zip(single.frame, single.true_particle, strict=True))
+    true_o = t.loc[key, "orientation_deg"].to_numpy()
+    err = np.abs((single.prism_orientation_deg.to_numpy() - true_o % 120 + 60) % 120 - 60)
+    assert np.median(err) < 3.0
+    diff = (
+        single.orientation_unwrapped_deg.to_numpy()
+        - t.loc[key, "orientation_unwrapped_deg"].to_numpy()
+    )
+    for _, d in pd.Series(diff, index=single.particle.to_numpy()).groupby(level=0):
+        assert np.ptp(d.to_numpy()) < 30.0  # one offset per trajectory (no 120-deg slips)
