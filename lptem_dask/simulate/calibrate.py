@@ -92,9 +92,21 @@ class CalibrationResult:
         return {k: float(v) for k, v in d.items()}
 
 
+def _gauss_fft(x: np.ndarray, sigma: float, shape: tuple[int, int]) -> np.ndarray:
+    ny, nx = x.shape
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    g = np.exp(-2.0 * np.pi**2 * sigma**2 * (fy * fy + fx * fx))
+    return sfft.irfft2(sfft.rfft2(x, s=shape) * g, s=shape)[:ny, :nx]
+
+
 def _norm_gauss(a: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
-    num = ndimage.gaussian_filter(a * w, sigma, mode="reflect")
-    den = ndimage.gaussian_filter(w.astype(np.float64), sigma, mode="reflect")
+    """Normalised Gaussian convolution ``G(a w) / G(w)`` (zero padding, via FFT)."""
+    pad = int(np.ceil(4 * sigma))
+    shape = (a.shape[0] + pad, a.shape[1] + pad)
+    wf = w.astype(np.float64)
+    num = _gauss_fft(a * wf, sigma, shape)
+    den = _gauss_fft(wf, sigma, shape)
     return num / np.maximum(den, 1e-6)
 
 
@@ -120,7 +132,7 @@ def background_residual(
     a = np.asarray(frame, dtype=np.float64)
     sign = 1.0 if polarity == "dark" else -1.0
     if mask is None:
-        B0 = ndimage.gaussian_filter(a, background_sigma_px, mode="reflect")
+        B0 = _norm_gauss(a, np.ones(a.shape, dtype=bool), background_sigma_px)
         part = _detect(a - B0, sign, threshold, min_area_px)
         # one refinement with the particles removed from the background estimate
         B1 = _norm_gauss(a, ~ndimage.binary_dilation(part, iterations=grow_px), background_sigma_px)
@@ -185,6 +197,7 @@ def calibrate_to(
     polarity: str = "dark",
     background_sigma_px: float = 16.0,
     n_mtf_points: int = 101,
+    low_frequency: str = "linear",
 ) -> CalibrationResult:
     """Fit the simulator's noise level, MTF and background statistics to real frames.
 
@@ -204,6 +217,8 @@ def calibrate_to(
         Smoothing scale of the background estimate, px.
     n_mtf_points : int
         Points of the calibrated MTF table (0 to 0.5 cycles/px).
+    low_frequency : {"linear", "quadratic"}
+        Extrapolation of the MTF below 0.05 cycles/px (see :func:`mtf_from_noise`).
 
     Returns
     -------
@@ -238,7 +253,7 @@ def calibrate_to(
     use = np.stack(uses)
     B = np.stack(Bs)
     part = np.stack(parts)
-    freq, mtf = mtf_from_noise(R, mask=use)
+    freq, mtf = mtf_from_noise(R, mask=use, low_frequency=low_frequency)
     mtf = np.clip(mtf, 0.0, None)
     ny, nx = a.shape[1:]
     fy = np.fft.fftfreq(ny)[:, None]
