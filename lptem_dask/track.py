@@ -590,6 +590,13 @@ def link_store(
             if len(pending) >= window_frames:
                 flush()
         flush()
+        if part == 0:  # no regions at all: a typed zero-row tracks table
+            pending.append(
+                _with_drift(src_schema.empty_table().to_pandas(), None).assign(
+                    particle=np.zeros(0, np.int64)
+                )
+            )
+            flush()
         _postprocess_tracks(
             tmp,
             min_length=min_length,

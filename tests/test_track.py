@@ -306,6 +306,15 @@ def test_link_store_drift_and_unwrap_equal_whole(tmp_path):
     )
 
 
+def test_link_store_of_empty_regions_gives_typed_empty_tracks(tmp_path):
+    write_table(dd.from_pandas(schema.empty_regions("prism"), npartitions=2), tmp_path, "regions")
+    out = link_store(tmp_path, search_range_nm=5.0, symmetry_deg=120)
+    t = read_table(out).compute()
+    expected = link(schema.empty_regions("prism"), search_range_nm=5.0, symmetry_deg=120)
+    assert len(t) == 0
+    assert dict(t.dtypes.astype(str)) == dict(expected.dtypes.astype(str))
+
+
 def test_link_store_refuses_unordered_regions(tmp_path):
     t = pd.DataFrame({"frame": [3, 1], "label": [1, 1], "y_nm": [0.0, 0], "x_nm": [0.0, 0]})
     write_table(t, tmp_path, "regions")
