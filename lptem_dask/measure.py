@@ -48,6 +48,7 @@ __all__ = [
     "measure_regions",
     "measure_contours",
     "measure_store",
+    "write_table_part",
     "write_table",
     "read_table",
     "column_units",
@@ -663,7 +664,7 @@ def measure_contours(
     *,
     probability: xr.DataArray | None = None,
     pixel_size_nm: float | None = None,
-    step_px: float = 1.0,
+    spacing_px: float = 1.0,
     contour_sigma_px: float = 1.0,
     curvature_sigma_px: float = 2.0,
 ) -> dd.DataFrame:
@@ -677,7 +678,7 @@ def measure_contours(
         to the particle (more precise than the smoothed mask).
     pixel_size_nm : float, optional
         Default: ``labels.attrs["pixel_size_nm"]``.
-    step_px : float
+    spacing_px : float
         Spacing of the outline points along the arc (px, adjusted so they close evenly).
     contour_sigma_px : float
         Gaussian smoothing (px) of the mask before the iso-line.
@@ -707,7 +708,7 @@ def measure_contours(
                 pb,
                 frames=frames[start : start + n],
                 pixel_size_nm=ps,
-                step_px=step_px,
+                step_px=spacing_px,
                 contour_sigma_px=contour_sigma_px,
                 curvature_sigma_px=curvature_sigma_px,
             )
@@ -724,7 +725,7 @@ def measure_store(
     overwrite: bool = False,
     contour_sigma_px: float = 1.0,
     curvature_sigma_px: float = 2.0,
-    step_px: float = 1.0,
+    spacing_px: float = 1.0,
 ) -> dict[str, Path]:
     """Measure a store's ``labels`` into its ``regions`` (and ``contours``) tables.
 
@@ -768,7 +769,7 @@ def measure_store(
             measure_contours(
                 labels,
                 probability=prob,
-                step_px=step_px,
+                spacing_px=spacing_px,
                 contour_sigma_px=contour_sigma_px,
                 curvature_sigma_px=curvature_sigma_px,
             ),
@@ -840,6 +841,48 @@ def write_table(
             dask.compute(*tasks)
     logger.info("wrote table %s to %s", name, path)
     return path
+
+
+def write_table_part(
+    table: pd.DataFrame | dd.DataFrame,
+    store: str | os.PathLike,
+    name: str,
+    chunk: int,
+    *,
+    units: dict[str, str] | None = None,
+) -> Path:
+    """Write one part (``part.CHUNK.parquet``) of ``store/tables/NAME.parquet`` atomically.
+
+    For resumable pipelines that write a table chunk by chunk: the part appears
+    whole or not at all (written to a temporary file, then renamed); an existing
+    part of the same chunk is replaced. Units go into the part's schema metadata.
+
+    Parameters
+    ----------
+    table : pandas or dask DataFrame
+        The rows of frame chunk ``chunk`` (a dask DataFrame is computed).
+    store, name : path, str
+        Store and table name.
+    chunk : int
+        Index of the frame chunk; parts sort by it.
+
+    Returns
+    -------
+    Path of the part file.
+    """
+    if chunk < 0:
+        raise InputError(f"`chunk` must be >= 0, got {chunk}")
+    if isinstance(table, dd.DataFrame):
+        table = table.compute()
+    d = table_path(store, name)
+    d.mkdir(parents=True, exist_ok=True)
+    col_units = schema.units(list(table.columns))
+    if units:
+        col_units.update(units)
+    final = d / f"part.{chunk:05d}.parquet"
+    with atomic_path(final, overwrite=True) as tmp:
+        _write_part(table.reset_index(drop=True), str(tmp), name, col_units)
+    return final
 
 
 def _table_dir(store_or_path: str | os.PathLike, name: str | None) -> Path:

@@ -228,6 +228,12 @@ def _check_table(table: pd.DataFrame) -> None:
         )
 
 
+def _adaptive_alias(adaptive_stop_nm: float | None, adaptive_stop: float | None) -> float | None:
+    if adaptive_stop is not None and adaptive_stop_nm is not None:
+        raise InputError("give `adaptive_stop_nm` or its alias `adaptive_stop`, not both")
+    return adaptive_stop_nm if adaptive_stop is None else adaptive_stop
+
+
 def _link_kwargs(
     search_range_nm: float,
     memory: int,
@@ -305,6 +311,7 @@ def link(
     video: xr.DataArray | None = None,
     link_strategy: str | None = None,
     drift_iterations: int = 2,
+    adaptive_stop: float | None = None,
 ) -> pd.DataFrame:
     """Link per-frame regions into trajectories with :func:`trackpy.link`.
 
@@ -339,6 +346,8 @@ def link(
     drift_iterations : int
         With ``drift="tracks"``: rounds of (measure drift from the tracks, subtract
         it, link again); the first linking is done without drift correction.
+    adaptive_stop : float, optional
+        Same as ``adaptive_stop_nm`` (the name ``LinkConfig`` and trackpy use).
 
     Returns
     -------
@@ -358,6 +367,7 @@ def link(
     if not isinstance(table, pd.DataFrame):
         raise InputError(f"`table` must be a pandas or dask DataFrame, got {type(table).__name__}")
     _check_table(table)
+    adaptive_stop_nm = _adaptive_alias(adaptive_stop_nm, adaptive_stop)
     kw = _link_kwargs(search_range_nm, memory, adaptive_stop_nm, adaptive_step, link_strategy)
     if min_length < 1:
         raise InputError(f"`min_length` must be >= 1, got {min_length}")
@@ -501,6 +511,7 @@ def link_store(
     batch_rows: int = 65536,
     link_strategy: str | None = None,
     drift_iterations: int = 2,
+    adaptive_stop: float | None = None,
 ) -> Path:
     """Link a store's regions table into its tracks table with bounded memory.
 
@@ -537,6 +548,7 @@ def link_store(
         raise InputError(f"`window_frames` must be >= 1, got {window_frames}")
     if min_length < 1:
         raise InputError(f"`min_length` must be >= 1, got {min_length}")
+    adaptive_stop_nm = _adaptive_alias(adaptive_stop_nm, adaptive_stop)
     kw = _link_kwargs(search_range_nm, memory, adaptive_stop_nm, adaptive_step, link_strategy)
     files = part_files(store, regions)
     if not files:

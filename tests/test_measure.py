@@ -22,6 +22,7 @@ from lptem_dask.measure import (
     read_table,
     resample_closed,
     write_table,
+    write_table_part,
 )
 
 DIMS = ("frame", "y", "x")
@@ -239,7 +240,7 @@ def _ellipse_curvature_errors(noise, curvature_sigma_px, seed=2):
             lab,
             probability=xr.DataArray(p[None], dims=DIMS),
             pixel_size_nm=0.5,
-            step_px=1.0,
+            spacing_px=1.0,
             curvature_sigma_px=curvature_sigma_px,
         ).compute()
         assert c["point"].tolist() == list(range(len(c)))
@@ -269,7 +270,7 @@ def test_contour_from_labels_only_caps_and_straight_sides():
     # capsule: straight sides (curvature 0) and caps of radius 8 px (curvature 1/8)
     ang = np.radians(30.0)
     m = capsule(40, 40, 10, 8, 30.0, n=80)
-    c = measure_contours(as_labels(m), step_px=1.0, curvature_sigma_px=3.0).compute()
+    c = measure_contours(as_labels(m), spacing_px=1.0, curvature_sigma_px=3.0).compute()
     X, Y = c.x.to_numpy() - 40, -(c.y.to_numpy() - 40)
     s = X * np.cos(ang) + Y * np.sin(ang)
     k = c.curvature_per_nm.to_numpy()
@@ -375,6 +376,19 @@ def test_write_read_table_roundtrip_with_units(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
     with pytest.raises(StoreError, match="does not exist"):
         read_table(tmp_path / "v.zarr", "nope")
+
+
+def test_write_table_part_per_chunk(tmp_path):
+    lab, _ = _video()
+    L = xr.DataArray(da.from_array(lab, chunks=(2, -1, -1)), dims=DIMS)
+    t = measure_regions(L, pixel_size_nm=2.0)
+    for i, part in enumerate(t.to_delayed()):
+        write_table_part(part.compute(), tmp_path, "regions", i)
+    write_table_part(t.partitions[0], tmp_path, "regions", 0)  # a rerun replaces the part
+    back = read_table(tmp_path, "regions").compute().reset_index(drop=True)
+    pd.testing.assert_frame_equal(back, t.compute().reset_index(drop=True))
+    assert column_units(tmp_path, "regions")["area_nm2"] == "nm^2"
+    assert not list((tmp_path / "tables" / "regions.parquet").glob(".tmp*"))
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -143,6 +143,9 @@ def test_adaptive_search_runs_and_links_correctly():
     assert wrong_link_fraction(tracks)[0] < 0.01
     with pytest.raises(InputError, match="adaptive_stop_nm"):
         link(table, search_range_nm=10, adaptive_stop_nm=20)
+    # the LinkConfig name is an alias
+    alias = link(table, search_range_nm=0.9 * spacing, adaptive_stop=0.3 * spacing, memory=0)
+    pd.testing.assert_frame_equal(alias, tracks)
 
 
 def test_stub_filtering():
