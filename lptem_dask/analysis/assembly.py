@@ -123,7 +123,10 @@ def contact_pairs(
     ----------
     frame : pandas.DataFrame
         Rows of one frame of a regions table: ``y_nm``, ``x_nm`` and for cubes
-        ``cube_orientation_deg`` (or ``orientation_deg``).
+        ``cube_orientation_deg`` (direction of a vertex, as
+        :func:`lptem_dask.measure.measure_regions` gives it) or else
+        ``orientation_deg`` (a face normal); regions of several particles use
+        ``orientation_deg`` (their long axis).
     shape : {"cube", "sphere"}
     size_nm : float
         Cube edge or sphere diameter (nm).
@@ -157,8 +160,9 @@ def contact_pairs(
         gap = dist - h * nm[i] - h * nm[j]  # merged spheres: crude
         keep = gap <= max_gap_nm
         return pairs[keep].astype(np.int64)
-    if "cube_orientation_deg" in frame.columns and n_members is None:
-        th = frame["cube_orientation_deg"].to_numpy(np.float64)
+    if "cube_orientation_deg" in frame.columns:
+        # measure gives the direction of a vertex; the face normal is 45 deg from it
+        th = frame["cube_orientation_deg"].to_numpy(np.float64) - 45.0
     else:
         th = frame["orientation_deg"].to_numpy(np.float64)
     th = np.where(np.isfinite(th), th, 0.0)
@@ -411,6 +415,9 @@ def fit_law(
             dropped += 1
             continue
         H = 0.5 * dt * (hs[t] + hs[t + 1])
+        if n > 0 and H.sum() <= 0:
+            C = -np.inf  # events where the law allows none
+            continue
         if n > 0:
             c = _class_logterm(n, m, H, floor)
             if not np.isfinite(c):
@@ -425,7 +432,7 @@ def fit_law(
             "law": law,
             "k_per_s": float("nan"),
             "ci95_per_s": [float("nan"), float("nan")],
-            "loglik": float("nan"),
+            "loglik": float("nan") if np.isfinite(C) else -float("inf"),
             "aic": float("inf"),
             "n_events": int(n_tot),
             "exposure_s": H_tot,
@@ -514,9 +521,10 @@ def mean_field(
 ) -> np.ndarray:
     """Mean-field rate equations for the counts of each chain length.
 
-    ``dc_s/dt = 1/2 sum_{i+j=s} K_ij c_i c_j - c_s sum_j K_sj c_j`` with the
-    pair rates of ``law`` (first_order: ``k / (N - 1)`` for pairs holding a
-    monomer, 0 otherwise).
+    ``dc_s/dt = 1/2 sum_{i+j=s} K_ij c_i (c_j - d_ij) - c_s sum_j K_sj (c_j - d_sj)``
+    (``d`` Kronecker's: a cluster does not pair with itself) with the pair
+    rates of ``law`` (first_order: ``k / (N - 1)`` for pairs holding a
+    monomer, 0 otherwise, so that ``dM/dt = -k M`` exactly).
 
     Parameters
     ----------
@@ -556,13 +564,14 @@ def mean_field(
         if law == "first_order":
             Kc = K / max(c.sum() - 1.0, 1e-9)
         A = Kc * np.outer(c, c)
+        A[np.diag_indices(S)] -= np.diag(Kc) * c  # same-size pairs: c (c - 1)
         gain = np.zeros(S)
         # gain_s = 1/2 sum_{i+j=s} A_ij  (anti-diagonal sums)
         flipped = A[:, ::-1]
         for s in range(2, S + 1):
-            off = S - s + 1 - 1  # diagonal of the flipped matrix with i + j = s
+            off = S + 1 - s  # diagonal of the flipped matrix holding sizes i + j = s
             gain[s - 1] = 0.5 * np.trace(flipped, offset=off) if off < S else 0.0
-        loss = c * (Kc @ c)
+        loss = A.sum(axis=1)
         return gain - loss
 
     sol = solve_ivp(rhs, (times_s[0], times_s[-1]), c0, t_eval=times_s, rtol=1e-6, atol=1e-6)
