@@ -206,3 +206,28 @@ def test_bad_inputs_raise_input_error():
         label_frames(xr.DataArray(np.zeros((2, 3, 3)), dims=DIMS), ignore_mask=np.zeros((4, 4)))
     with pytest.raises(InputError, match="xr.DataArray"):
         label_frames(np.zeros((2, 3, 3)))  # type: ignore[arg-type]
+
+
+def test_chunk_invariance_property():
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+    rng = np.random.default_rng(11)
+    frames = np.stack([probability_from(touching_scene(rng, size=48)[0], rng) for _ in range(6)])
+    expected = _label_block(frames)
+
+    @hyp.settings(max_examples=5, deadline=None)
+    @hyp.given(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    def check(sizes):
+        chunks, total = [], 0
+        for s in sizes:
+            if total >= 6:
+                break
+            chunks.append(min(s, 6 - total))
+            total += chunks[-1]
+        if total < 6:
+            chunks.append(6 - total)
+        arr = da.from_array(frames, chunks=(tuple(chunks), -1, -1))
+        got = label_frames(xr.DataArray(arr, dims=DIMS)).values
+        np.testing.assert_array_equal(got, expected)
+
+    check()
