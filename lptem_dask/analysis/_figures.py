@@ -27,10 +27,10 @@ def plot_msd(data: xr.Dataset, summary: dict[str, Any], path: str | Path) -> Pat
     fig, axes = plt.subplots(1, 2 if rot else 1, figsize=(9 if rot else 4.8, 3.8), squeeze=False)
     tau = data["lag_s"].values
     te = float(summary.get("exposure_s", 0.0))
-    for ax, var, key, n, unit, dunit in (
-        (axes[0, 0], "msd", "translation", 2, "nm$^2$", "nm$^2$/s"),
-        *((axes[0, 1], "msd_rot", "rotation", 1, "rad$^2$", "rad$^2$/s") if rot else ()),
-    ):
+    panels = [(axes[0, 0], "msd", "translation", 2, "nm$^2$", "nm$^2$/s")]
+    if rot:
+        panels.append((axes[0, 1], "msd_rot", "rotation", 1, "rad$^2$", "rad$^2$/s"))
+    for ax, var, key, n, unit, dunit in panels:
         ax.loglog(tau, data[var].values, "o", ms=3, label="data")
         fit = summary.get(key, {})
         D, s2 = fit.get("D"), fit.get("sigma2")

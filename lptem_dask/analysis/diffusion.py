@@ -154,8 +154,10 @@ def ensemble_msd(
 ) -> pd.DataFrame:
     """Ensemble MSD: all displacements of all particles pooled per lag.
 
-    Equal to :func:`trackpy.emsd` (which weights each particle's MSD by its
-    number of displacements) on the same columns.
+    Equal to :func:`trackpy.emsd` on the same columns when every trajectory
+    spans the same frames (with gaps or unequal lengths trackpy weights each
+    particle by Qian's effective number of independent displacements, this
+    function by the number of displacements).
 
     Parameters
     ----------

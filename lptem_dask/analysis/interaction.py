@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +255,8 @@ def radial_distribution(
         gb, pmfb = _pmf_from(counts[pick].sum(1), expected[pick].sum(1), tail)
     else:
         gb = pmfb = np.full((0, centres.size), np.nan)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins (no pair seen)
         pmf_b = np.where(np.isfinite(pmfb), pmfb, np.nan)
         g_err = np.nanstd(gb, axis=0) if len(gb) else np.full(centres.size, np.nan)
         pmf_err = np.nanstd(pmf_b, axis=0) if len(gb) else np.full(centres.size, np.nan)
@@ -503,8 +505,9 @@ def angular_profile(landscape: xr.Dataset, *, r_range_nm: tuple[float, float], n
     e = np.histogram(A[sel], bins=edges, weights=landscape["expected"].values[sel])[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         g = c / e
+        F = np.where(c > 0, -np.log(g), np.nan)
     return xr.Dataset(
-        {"g": ("angle", g), "free_energy": ("angle", -np.log(g), {"units": "kT"}), "counts": ("angle", c)},
+        {"g": ("angle", g), "free_energy": ("angle", F, {"units": "kT"}), "counts": ("angle", c)},
         coords={"angle": ("angle", 0.5 * (edges[1:] + edges[:-1]), {"units": "deg"})},
     )
 

@@ -278,19 +278,24 @@ def _phi_grid(n: int) -> np.ndarray:
     return (np.arange(n) + 0.5) * (2.0 * np.pi / n)
 
 
-def radial_pmf_kT(r_nm: np.ndarray, *, config: DynamicsConfig | None = None, n_phi: int = 240):
+def radial_pmf_kT(r_nm: np.ndarray, *, config: DynamicsConfig | None = None, n_phi: int = 120):
     """Orientation-averaged potential of mean force ``w(r) = -ln <exp(-U/kT)>``, kT.
 
     The average runs over both body-frame directions, uniform and independent
     (exact quadrature on ``n_phi`` points each; the integrand is a smooth
     trigonometric polynomial). At infinite dilution ``g(r) = exp(-w(r))``.
     """
-    r = np.atleast_1d(np.asarray(r_nm, dtype=np.float64))
+    r = np.asarray(r_nm, dtype=np.float64)
+    flat = r.reshape(-1)
     p = _phi_grid(n_phi)
-    u = pair_potential_kT(r[:, None, None], p[None, :, None], p[None, None, :], config=config)
-    w = np.exp(-u).mean(axis=(1, 2))
+    w = np.empty(flat.size)
+    step = max(1, 2_000_000 // (n_phi * n_phi))  # bounded memory
+    for a in range(0, flat.size, step):
+        rr = flat[a : a + step]
+        u = pair_potential_kT(rr[:, None, None], p[None, :, None], p[None, None, :], config=config)
+        w[a : a + step] = np.exp(-u).mean(axis=(1, 2))
     with np.errstate(divide="ignore"):
-        return -np.log(w)
+        return -np.log(w).reshape(r.shape)
 
 
 def body_frame_pmf_kT(
@@ -298,7 +303,7 @@ def body_frame_pmf_kT(
     phi1_rad: np.ndarray,
     *,
     config: DynamicsConfig | None = None,
-    n_phi: int = 240,
+    n_phi: int = 120,
 ) -> np.ndarray:
     """PMF of a neighbour at distance ``r`` and body-frame direction ``phi1``, kT.
 
@@ -306,10 +311,15 @@ def body_frame_pmf_kT(
     a reference prism at infinite dilution (``r`` and ``phi1`` broadcast).
     """
     r, ph = np.broadcast_arrays(np.asarray(r_nm, float), np.asarray(phi1_rad, float))
+    rf, pf = r.reshape(-1), ph.reshape(-1)
     p2 = _phi_grid(n_phi)
-    u = pair_potential_kT(r[..., None], ph[..., None], p2, config=config)
+    out = np.empty(rf.size)
+    step = max(1, 4_000_000 // n_phi)
+    for a in range(0, rf.size, step):
+        u = pair_potential_kT(rf[a : a + step, None], pf[a : a + step, None], p2, config=config)
+        out[a : a + step] = np.exp(-u).mean(axis=-1)
     with np.errstate(divide="ignore"):
-        return -np.log(np.exp(-u).mean(axis=-1))
+        return -np.log(out).reshape(r.shape)
 
 
 # ----------------------------------------------------------------------------- brownian
