@@ -25,11 +25,12 @@ under one of three kinetic laws, for ``N`` particles in the field of view
 Every cluster is a linear chain. When clusters A and B bond, the new chain is
 A's sequence followed by B's, so every cluster at every time is a contiguous
 block of its final chain. The layout uses this: the final chains are shelf-
-packed in rows, each particle owning a slot of pitch ``edge_nm + open_gap_nm``;
-in each frame a cluster is drawn compacted about the centre of its slots with
-a face-to-face gap of ``bond_gap_nm``, so bonded neighbours are
-``bond_gap_nm`` apart and unbonded ones at least ``open_gap_nm``: particles
-never overlap and clusters move only a little when they bond.
+packed in rows (room for ``edge_nm + open_gap_nm`` per particle); in each
+frame the particles of one final chain are drawn in order along its row,
+``bond_gap_nm`` apart within a cluster and ``open_gap_nm`` apart between
+clusters, centred on the chain's room. Particles never overlap, and a bond
+moves particles by at most ``(open_gap_nm - bond_gap_nm) / 2`` each, so a
+merged chain overlaps its parents from frame to frame.
 
 References
 ----------
@@ -317,20 +318,30 @@ def simulate_assembly(
     memb = _membership(n, events, times)
     chains = _final_chains(n, events)
     slot_y, slot_x, size_px = _layout(cfg, chains, rng)
+    final = np.empty(n, np.int64)  # final chain of each particle
     order = np.empty(n, np.int64)  # index of each particle within its final chain
-    for c in chains:
+    for i, c in enumerate(chains):
+        final[c] = i
         order[c] = np.arange(len(c))
-    bonded = cfg.edge_nm + cfg.bond_gap_nm
+    seq = np.lexsort((order, final))  # particles in final-chain order
+    fin_s = final[seq]
+    new_chain = np.r_[True, fin_s[1:] != fin_s[:-1]]
+    # centre of each final chain's slots
+    centre_fc = pd.Series(slot_x).groupby(final).mean().to_numpy()
     rows = []
     for f, tf in enumerate(times):
         owner = memb[f]
-        df = pd.DataFrame({"particle": np.arange(n), "chain": owner, "order": order[np.arange(n)]})
-        df["slot_x"] = slot_x
-        g = df.groupby("chain")
-        size = g["particle"].transform("size").to_numpy()
-        rank = g["order"].rank(method="first").to_numpy() - 1
-        centre = g["slot_x"].transform("mean").to_numpy()
-        x = centre + (rank - 0.5 * (size - 1)) * bonded
+        own_s = owner[seq]
+        same = np.r_[False, own_s[1:] == own_s[:-1]]
+        step = np.where(
+            new_chain, 0.0, np.where(same, cfg.edge_nm + cfg.bond_gap_nm, cfg.edge_nm + cfg.open_gap_nm)
+        )
+        xs = pd.Series(step).groupby(fin_s).cumsum().to_numpy()
+        lo = pd.Series(xs).groupby(fin_s).transform("min").to_numpy()
+        hi = pd.Series(xs).groupby(fin_s).transform("max").to_numpy()
+        x = np.empty(n)
+        x[seq] = centre_fc[fin_s] + xs - 0.5 * (lo + hi)
+        size = np.bincount(owner, minlength=n)[owner]
         rows.append(
             pd.DataFrame(
                 {
