@@ -101,8 +101,12 @@ def overlap_table(a: np.ndarray, b: np.ndarray, *, frame: int = 0) -> pd.DataFra
     rows.append(pd.DataFrame({"label_a": lone_a, "label_b": 0, "overlap_px": 0}))
     rows.append(pd.DataFrame({"label_a": 0, "label_b": lone_b, "overlap_px": 0}))
     df = pd.concat(rows, ignore_index=True)
-    df["area_a_px"] = np.where(df["label_a"] > 0, area_a[df["label_a"].clip(upper=len(area_a) - 1)], 0)
-    df["area_b_px"] = np.where(df["label_b"] > 0, area_b[df["label_b"].clip(upper=len(area_b) - 1)], 0)
+    df["area_a_px"] = np.where(
+        df["label_a"] > 0, area_a[df["label_a"].clip(upper=len(area_a) - 1)], 0
+    )
+    df["area_b_px"] = np.where(
+        df["label_b"] > 0, area_b[df["label_b"].clip(upper=len(area_b) - 1)], 0
+    )
     df.insert(0, "frame", int(frame))
     return df.astype(_OVERLAP_COLUMNS).reset_index(drop=True)
 
@@ -258,7 +262,7 @@ def label_events(
             else:
                 clin = list(range(next_id, next_id + len(chi)))
                 next_id += len(chi)
-            for ch, li in zip(chi, clin):
+            for ch, li in zip(chi, clin, strict=True):
                 new_lineage[ch] = li
                 lin_rows.append((f1, ch, li))
             ev_rows.append(
@@ -273,7 +277,8 @@ def label_events(
             )
         lineage = new_lineage
     events = pd.DataFrame(
-        ev_rows, columns=["frame", "kind", "parents", "children", "parent_lineages", "child_lineages"]
+        ev_rows,
+        columns=["frame", "kind", "parents", "children", "parent_lineages", "child_lineages"],
     )
     events = events.astype({"frame": "int64", "kind": "object"})
     lin = pd.DataFrame(lin_rows, columns=["frame", "label", "lineage"]).astype(

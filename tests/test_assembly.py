@@ -49,7 +49,10 @@ def test_committed_configs_have_enough_monomers():
 def test_first_order_monomer_decay_is_exponential():
     cfg = AssemblyConfig(law="first_order", rate_constant_per_s=0.05, n_monomers=300, n_frames=41)
     M = np.mean(
-        [size_distribution(simulate_assembly(cfg, seed=s).chains())["n_monomers"] for s in range(6)],
+        [
+            size_distribution(simulate_assembly(cfg, seed=s).chains())["n_monomers"]
+            for s in range(6)
+        ],
         axis=0,
     )
     t = np.arange(41) * cfg.frame_interval_s
@@ -99,8 +102,12 @@ def test_law_rate_and_coverage_over_ten_seeds(law):
 def test_fit_detects_impossible_law():
     # a chain-chain bond is impossible under first_order: with it, AIC must reject first_order
     chains = pd.DataFrame(
-        {"frame": [0, 0, 0, 0, 1, 1], "time_s": [0, 0, 0, 0, 1, 1], "chain": [0, 1, 2, 3, 0, 2],
-         "size": [2, 2, 2, 2, 4, 4]}
+        {
+            "frame": [0, 0, 0, 0, 1, 1],
+            "time_s": [0, 0, 0, 0, 1, 1],
+            "chain": [0, 1, 2, 3, 0, 2],
+            "size": [2, 2, 2, 2, 4, 4],
+        }
     )
     assert fit_law(chains, "first_order")["loglik"] == -np.inf
     assert np.isfinite(fit_law(chains, "second_order")["loglik"])
@@ -122,7 +129,9 @@ def test_layout_geometry():
         for _, c in fr.groupby("chain"):
             x = np.sort(c["x_nm"].to_numpy())
             assert np.allclose(np.diff(x), L + cfg.bond_gap_nm) and np.ptp(c["y_nm"]) == 0
-        assert fr["x_nm"].min() - L / 2 >= 0 and fr["x_nm"].max() + L / 2 <= truth.image_size_px * 2.0
+        assert (
+            fr["x_nm"].min() - L / 2 >= 0 and fr["x_nm"].max() + L / 2 <= truth.image_size_px * 2.0
+        )
 
 
 def _truth_regions(truth, rng, jitter_nm=0.3, jitter_deg=2.0):
@@ -172,7 +181,12 @@ def test_rendered_truth_labels_give_truth_chains():
     from lptem_dask.measure import measure_regions
 
     cfg = load_assembly_config(CONFIGS / "second_order.yaml").model_copy(
-        update={"n_monomers": 60, "n_frames": 3, "frame_interval_s": 40.0, "rate_constant_per_s": 1e-3}
+        update={
+            "n_monomers": 60,
+            "n_frames": 3,
+            "frame_interval_s": 40.0,
+            "rate_constant_per_s": 1e-3,
+        }
     )
     video, truth = simulate_assembly_video(cfg, seed=1)
     assert video.dims == ("frame", "y", "x") and video.shape[0] == 3

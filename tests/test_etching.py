@@ -23,7 +23,7 @@ from lptem_dask.analysis.etching import (
     normal_velocities,
     run_etching,
 )
-from lptem_dask.errors import ConfigError, OutputExistsError
+from lptem_dask.errors import ConfigError, InputError, OutputExistsError
 from lptem_dask.simulate.etching import (
     EtchingConfig,
     evolve_outline,
@@ -66,8 +66,9 @@ def test_straight_sides_recede_at_a_and_profile():
 
 
 def test_vanishing_outline_is_empty():
-    out = evolve_outline(_circle(1.0, 32), a_nm_per_s=1.0, b_nm2_per_s=0.0, duration_s=2.0,
-                         spacing_nm=0.2)
+    out = evolve_outline(
+        _circle(1.0, 32), a_nm_per_s=1.0, b_nm2_per_s=0.0, duration_s=2.0, spacing_nm=0.2
+    )
     assert out.shape == (0, 2)
 
 
@@ -104,9 +105,9 @@ def _check_stages(cfg: EtchingConfig, res: dict, *, ci_zero: bool = False) -> No
     true_frames = [s.start_s / cfg.frame_interval_s for s in cfg.stages[1:]]
     found = res["stage_change_frames"]
     assert len(found) == len(true_frames), (found, true_frames)
-    for f, t in zip(found, true_frames):
+    for f, t in zip(found, true_frames, strict=True):
         assert abs(f - t) <= 3
-    for st, truth in zip(res["stages"], cfg.stages):
+    for st, truth in zip(res["stages"], cfg.stages, strict=True):
         fit = st["population"]
         assert fit["a_nm_per_s"] == pytest.approx(truth.a_nm_per_s, rel=0.10)
         if truth.b_nm2_per_s > 0:
@@ -135,12 +136,23 @@ def test_velocity_sign_and_scale_on_known_offset():
     rows = []
     for f, R in enumerate([8.0, 7.7]):
         p = _circle(R, 200)
-        rows.append(pd.DataFrame({"frame": f, "label": 1, "point": np.arange(200), "x_nm": p[:, 0] + 20,
-                                  "y_nm": -p[:, 1] + 20, "curvature_per_nm": 1 / R, "particle": 0}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "frame": f,
+                    "label": 1,
+                    "point": np.arange(200),
+                    "x_nm": p[:, 0] + 20,
+                    "y_nm": -p[:, 1] + 20,
+                    "curvature_per_nm": 1 / R,
+                    "particle": 0,
+                }
+            )
+        )
     v = normal_velocities(pd.concat(rows), frame_interval_s=1.0, smooth_nm=0.0)
     assert np.allclose(v["v_nm_per_s"], 0.3, atol=1e-4)
     assert np.allclose(v["curvature_per_nm"], 0.5 * (1 / 8 + 1 / 7.7), rtol=1e-3)
-    with pytest.raises(Exception):
+    with pytest.raises(InputError):
         fit_velocity_law(v.iloc[:2])
 
 
@@ -150,8 +162,9 @@ def _rendered(name: str, n_rods: int, seed: int):
     cfg = load_etching_config(CONFIGS / f"{name}.yaml").model_copy(update={"n_rods": n_rods})
     video, truth = simulate_etching_video(cfg, seed=seed)
     assert video.dims == ("frame", "y", "x") and video.shape[0] == cfg.n_frames
-    lab = xr.DataArray(truth.labels, dims=("frame", "y", "x"),
-                       attrs={"pixel_size_nm": cfg.pixel_size_nm})
+    lab = xr.DataArray(
+        truth.labels, dims=("frame", "y", "x"), attrs={"pixel_size_nm": cfg.pixel_size_nm}
+    )
     contours = measure_contours(lab).compute()
     return cfg, truth, contours
 
@@ -198,7 +211,9 @@ def test_end_to_end_unet_staged():  # pragma: no cover - needs the trained model
 def test_run_etching_store(tmp_path):
     from lptem_dask.measure import write_table
 
-    cfg = load_etching_config(CONFIGS / "staged.yaml").model_copy(update={"n_rods": 1, "n_frames": 16})
+    cfg = load_etching_config(CONFIGS / "staged.yaml").model_copy(
+        update={"n_rods": 1, "n_frames": 16}
+    )
     truth = simulate_etching(cfg, seed=0)
     store = tmp_path / "v.zarr"
     write_table(truth_contours(truth), store, "contours")

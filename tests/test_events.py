@@ -117,8 +117,13 @@ def test_chunking_invariance_and_laziness(chunk):
 def test_assembly_chain_labels_give_the_truth_merges():
     # frames close enough that a particle moves < its size between frames
     # (each bond in its final chain moves it by (open_gap - bond_gap) / 2 = 5 nm)
-    cfg = AssemblyConfig(law="second_order", rate_constant_per_s=1e-3, n_monomers=80, n_frames=25,
-                         frame_interval_s=0.5)
+    cfg = AssemblyConfig(
+        law="second_order",
+        rate_constant_per_s=1e-3,
+        n_monomers=80,
+        n_frames=25,
+        frame_interval_s=0.5,
+    )
     truth = simulate_assembly(cfg, seed=5)
     n = truth.image_size_px
     h = cfg.edge_nm / 2 / cfg.pixel_size_nm

@@ -226,9 +226,16 @@ def chains_from_regions(
     regions = regions.sort_values(["frame", "label"]).reset_index(drop=True)
     if len(regions) == 0:
         return pd.DataFrame(
-            {c: pd.Series(dtype=t) for c, t in [("frame", "int64"), ("time_s", "float64"),
-                                                 ("label", "int32"), ("n_members", "int64"),
-                                                 ("chain", "int64")]}
+            {
+                c: pd.Series(dtype=t)
+                for c, t in [
+                    ("frame", "int64"),
+                    ("time_s", "float64"),
+                    ("label", "int32"),
+                    ("n_members", "int64"),
+                    ("chain", "int64"),
+                ]
+            }
         )
     if monomer_area_nm2 is None:
         first = regions[regions["frame"] == regions["frame"].min()]
@@ -241,7 +248,9 @@ def chains_from_regions(
         )
     if max_gap_nm is None:
         max_gap_nm = 0.25 * size_nm
-    nmem = np.maximum(np.rint(regions["area_nm2"].to_numpy() / monomer_area_nm2), 1).astype(np.int64)
+    nmem = np.maximum(np.rint(regions["area_nm2"].to_numpy() / monomer_area_nm2), 1).astype(
+        np.int64
+    )
     chain = np.empty(len(regions), np.int64)
     for _, idx in regions.groupby("frame").indices.items():
         fr = regions.iloc[idx]
@@ -597,8 +606,12 @@ def plot_assembly(stats: pd.DataFrame, fit: dict[str, Any], chains: pd.DataFrame
         if not np.isfinite(f["k_per_s"]):
             continue
         c = mean_field(
-            sizes[frames[0]], times, law, k_per_s=f["k_per_s"],
-            kernel_exponent=f.get("kernel_exponent") or 1.0, max_size=min(S, 200),
+            sizes[frames[0]],
+            times,
+            law,
+            k_per_s=f["k_per_s"],
+            kernel_exponent=f.get("kernel_exponent") or 1.0,
+            max_size=min(S, 200),
         )
         N = c.sum(axis=1)
         lab = f"{law} k={f['k_per_s']:.3g} (dAIC={fit['delta_aic'][law]:.1f})"
@@ -609,8 +622,12 @@ def plot_assembly(stats: pd.DataFrame, fit: dict[str, Any], chains: pd.DataFrame
     ax[0].legend(fontsize=7)
     for q in np.linspace(0, len(frames) - 1, 4).astype(int):
         s = sizes[frames[q]]
-        ax[2].hist(s, bins=np.arange(1, max(s.max(), 2) + 2) - 0.5, histtype="step",
-                   label=f"t={times[q]:.3g} s")
+        ax[2].hist(
+            s,
+            bins=np.arange(1, max(s.max(), 2) + 2) - 0.5,
+            histtype="step",
+            label=f"t={times[q]:.3g} s",
+        )
     ax[2].set(xlabel="chain length", ylabel="chains", yscale="log")
     ax[2].legend(fontsize=7)
     fig.tight_layout()

@@ -61,6 +61,11 @@ logger = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------- particles
+def _i(x: Any) -> int:
+    """int() of a pandas group key (typed Hashable)."""
+    return int(x)
+
+
 def _centroids(contours: pd.DataFrame) -> pd.DataFrame:
     return contours.groupby(["frame", "label"], sort=True)[["y_nm", "x_nm"]].mean().reset_index()
 
@@ -92,16 +97,16 @@ def assign_particles(
         if prev is not None and len(prev[0]):
             d = np.hypot(*(P[:, None, :] - prev[1][None, :, :]).transpose(2, 0, 1))
             r, c = linear_sum_assignment(np.where(d <= max_displacement_nm, d, 1e9))
-            for i, j in zip(r, c):
+            for i, j in zip(r, c, strict=True):
                 if d[i, j] <= max_displacement_nm:
                     ids[i] = prev[0][j]
         for i in range(len(labs)):
             if ids[i] < 0:
                 ids[i] = nxt
                 nxt += 1
-            pid[(int(f), int(labs[i]))] = int(ids[i])
+            pid[(_i(f), _i(labs[i]))] = _i(ids[i])
         prev = (ids, P)
-    keys = list(zip(contours["frame"].astype(int), contours["label"].astype(int)))
+    keys = list(zip(contours["frame"].astype(int), contours["label"].astype(int), strict=True))
     return contours.assign(particle=np.array([pid[k] for k in keys], np.int64))
 
 
@@ -157,7 +162,8 @@ def shape_metrics(contours: pd.DataFrame, *, frame_interval_s: float) -> pd.Data
         if len(g) < 8:
             continue
         m = _outline_metrics(g[["y_nm", "x_nm"]].to_numpy())
-        rows.append({"frame": int(f), "time_s": f * frame_interval_s, "particle": int(p), **m})
+        fi = _i(f)
+        rows.append({"frame": fi, "time_s": fi * frame_interval_s, "particle": _i(p), **m})
     return pd.DataFrame(rows)
 
 
@@ -271,8 +277,9 @@ def normal_velocities(
     if frame_interval_s <= 0:
         raise InputError(f"`frame_interval_s` must be > 0, got {frame_interval_s}")
     out = []
-    groups = {
-        k: g.sort_values("point") for k, g in contours.groupby(["particle", "frame"], sort=True)
+    groups: dict[tuple[int, int], pd.DataFrame] = {
+        (_i(k[0]), _i(k[1])): g.sort_values("point")  # type: ignore[index]
+        for k, g in contours.groupby(["particle", "frame"], sort=True)
     }
     for (p, f), gA in groups.items():
         gB = groups.get((p, f + 1))
@@ -300,11 +307,22 @@ def normal_velocities(
             )
         )
     if not out:
-        cols = ["frame", "time_s", "particle", "point", "y_nm", "x_nm", "curvature_per_nm",
-                "displacement_nm", "v_nm_per_s"]
+        cols = [
+            "frame",
+            "time_s",
+            "particle",
+            "point",
+            "y_nm",
+            "x_nm",
+            "curvature_per_nm",
+            "displacement_nm",
+            "v_nm_per_s",
+        ]
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     v = pd.concat(out, ignore_index=True)
-    return v[np.isfinite(v["v_nm_per_s"]) & np.isfinite(v["curvature_per_nm"])].reset_index(drop=True)
+    return v[np.isfinite(v["v_nm_per_s"]) & np.isfinite(v["curvature_per_nm"])].reset_index(
+        drop=True
+    )
 
 
 # ------------------------------------------------------------------------ fits
@@ -397,8 +415,10 @@ def fit_velocity_law(
     if len(vel) < 3:
         raise InputError("`vel` needs at least 3 points to fit v_n = a + b kappa")
     a, b = huber_fit(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy())
-    sc = _huber_scale(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy(), np.array([a, b]))
-    sc = sc if sc > 1e-15 else None
+    sc0 = _huber_scale(
+        vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy(), np.array([a, b])
+    )
+    sc = sc0 if sc0 > 1e-15 else None
     keys = vel.groupby(list(cluster), sort=False).indices
     groups = list(keys.values())
     x = vel["curvature_per_nm"].to_numpy()
@@ -442,7 +462,7 @@ def interval_rates(vel: pd.DataFrame) -> pd.DataFrame:
         a, b = huber_fit(g["curvature_per_nm"].to_numpy(), g["v_nm_per_s"].to_numpy())
         rows.append(
             {
-                "frame": int(f),
+                "frame": _i(f),
                 "time_s": float(g["time_s"].iloc[0]),
                 "a_nm_per_s": a,
                 "b_nm2_per_s": b,
@@ -493,7 +513,7 @@ def detect_stages(
     Examples
     --------
     >>> y = np.r_[np.zeros(10), np.ones(10)] + 0.01 * np.random.default_rng(0).standard_normal(20)
-    >>> detect_stages(y)["breakpoints"]
+    >>> detect_stages(y, skip_transition=False)["breakpoints"]
     [10]
     """
     Y = np.asarray(series, np.float64)
@@ -599,8 +619,11 @@ def analyze_etching(
             min_size=min_stage_intervals,
         )
     rf = rates["frame"].to_numpy() if len(rates) else np.zeros(0, np.int64)
-    change_frames = [int(rf[i]) for i in seg["breakpoints"]]
-    edges = [int(rf.min()) if len(rf) else 0] + change_frames + [int(rf.max()) + 1 if len(rf) else 0]
+    bps: list[int] = list(seg["breakpoints"])  # type: ignore[call-overload]
+    change_frames = [int(rf[i]) for i in bps]
+    edges = (
+        [int(rf.min()) if len(rf) else 0] + change_frames + [int(rf.max()) + 1 if len(rf) else 0]
+    )
     stages = []
     vel = vel.assign(stage=np.searchsorted(np.array(change_frames), vel["frame"], side="right"))
     for s in range(len(edges) - 1):
@@ -618,7 +641,9 @@ def analyze_etching(
             per = {}
             for p, g in sel.groupby("particle"):
                 if g["frame"].nunique() >= 2 and len(g) >= 10:
-                    per[str(int(p))] = fit_velocity_law(g, n_boot=max(n_boot // 3, 50), seed=seed + s)
+                    per[str(_i(p))] = fit_velocity_law(
+                        g, n_boot=max(n_boot // 3, 50), seed=seed + s
+                    )
             entry["particles"] = per
         stages.append(entry)
     summary = []
@@ -626,7 +651,7 @@ def analyze_etching(
         g = g.sort_values("frame")
         summary.append(
             {
-                "particle": int(p),
+                "particle": _i(p),
                 "first_frame": int(g["frame"].iloc[0]),
                 "last_frame": int(g["frame"].iloc[-1]),
                 **{
@@ -675,7 +700,9 @@ def plot_etching(analysis: dict[str, Any], contours: pd.DataFrame | None = None,
         if "population" in st:
             f = st["population"]
             ax[1].plot(
-                kk, f["a_nm_per_s"] + f["b_nm2_per_s"] * kk, color=sc[0].get_color(),
+                kk,
+                f["a_nm_per_s"] + f["b_nm2_per_s"] * kk,
+                color=sc[0].get_color(),
                 label=f"stage {st['stage']}: a={f['a_nm_per_s']:.3g}, b={f['b_nm2_per_s']:.3g}",
             )
     ax[1].set(xlabel="curvature (1/nm)", ylabel="v_n (nm/s)")
@@ -684,8 +711,9 @@ def plot_etching(analysis: dict[str, Any], contours: pd.DataFrame | None = None,
         p0 = vel["particle"].iloc[0]
         sel = vel[vel["particle"] == p0]
         vmax = np.nanpercentile(np.abs(sel["v_nm_per_s"]), 98)
-        im = ax[2].scatter(sel["x_nm"], sel["y_nm"], c=sel["v_nm_per_s"], s=2, cmap="viridis",
-                           vmin=0, vmax=vmax)
+        im = ax[2].scatter(
+            sel["x_nm"], sel["y_nm"], c=sel["v_nm_per_s"], s=2, cmap="viridis", vmin=0, vmax=vmax
+        )
         ax[2].invert_yaxis()
         ax[2].set_aspect("equal")
         ax[2].set(xlabel="x (nm)", ylabel="y (nm)", title=f"particle {p0}: v_n (nm/s)")
@@ -747,13 +775,20 @@ def run_etching(
         for name in ("tracks", "regions"):
             p = table_path(store, name)
             if p.exists():
-                t = _read_parquet(p)[["frame", "time_s"]].drop_duplicates("frame").sort_values("frame")
+                t = (
+                    _read_parquet(p)[["frame", "time_s"]]
+                    .drop_duplicates("frame")
+                    .sort_values("frame")
+                )
                 if len(t) > 1:
                     frame_interval_s = float(np.median(np.diff(t["time_s"]) / np.diff(t["frame"])))
                 break
     an = analyze_etching(
-        contours, frame_interval_s=frame_interval_s, tracks=tracks,
-        max_breakpoints=max_breakpoints, n_boot=n_boot,
+        contours,
+        frame_interval_s=frame_interval_s,
+        tracks=tracks,
+        max_breakpoints=max_breakpoints,
+        n_boot=n_boot,
     )
     with atomic_path(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)

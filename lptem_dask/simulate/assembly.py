@@ -334,7 +334,9 @@ def simulate_assembly(
         own_s = owner[seq]
         same = np.r_[False, own_s[1:] == own_s[:-1]]
         step = np.where(
-            new_chain, 0.0, np.where(same, cfg.edge_nm + cfg.bond_gap_nm, cfg.edge_nm + cfg.open_gap_nm)
+            new_chain,
+            0.0,
+            np.where(same, cfg.edge_nm + cfg.bond_gap_nm, cfg.edge_nm + cfg.open_gap_nm),
         )
         xs = pd.Series(step).groupby(fin_s).cumsum().to_numpy()
         lo = pd.Series(xs).groupby(fin_s).transform("min").to_numpy()

@@ -93,7 +93,7 @@ class EtchingConfig(StageConfig):
     @model_validator(mode="after")
     def _check(self):
         starts = [s.start_s for s in self.stages]
-        if starts[0] != 0.0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        if starts[0] != 0.0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
             raise ValueError(
                 f"`stages` must start at start_s=0 and increase strictly, got start_s={starts}"
             )
@@ -283,7 +283,7 @@ def radius_profile(outline_uv: np.ndarray, *, n: int = 257) -> tuple[float, floa
     closed = np.vstack([p, p[:1]])
     hi = np.full(n, -np.inf)
     lo = np.full(n, np.inf)
-    for (ua, va), (ub, vb) in zip(closed[:-1], closed[1:]):
+    for (ua, va), (ub, vb) in zip(closed[:-1], closed[1:], strict=True):
         lo_u, hi_u = min(ua, ub), max(ua, ub)
         sel = (grid >= lo_u) & (grid <= hi_u)
         if not sel.any():
@@ -395,7 +395,7 @@ def simulate_etching(
                 t0 = times[f - 1]
                 # integrate stage by stage inside the frame interval
                 bounds = [t0] + [s.start_s for s in cfg.stages if t0 < s.start_s < tf] + [tf]
-                for ta, tb in zip(bounds[:-1], bounds[1:]):
+                for ta, tb in zip(bounds[:-1], bounds[1:], strict=True):
                     st = cfg.stage_at(ta)
                     p = evolve_outline(
                         p,
@@ -489,7 +489,9 @@ def etching_particles(truth: EtchingTruth, frame: int) -> pd.DataFrame:
             "labelled": True,
         }
     )
-    df["radius_profile_nm"] = [truth.profiles[(frame, int(k))] for k in r["rod"]]
+    df["radius_profile_nm"] = pd.Series(
+        [truth.profiles[(frame, int(k))] for k in r["rod"]], index=df.index, dtype=object
+    )
     return df
 
 
