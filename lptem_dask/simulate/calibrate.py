@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .config import SimulationConfig, load_simulation_config
-from .optics import measure_cnr, mtf_from_noise, mtf_radial, noise_power_spectrum
+from .optics import _mtf_and_white_level, measure_cnr, mtf_radial, noise_power_spectrum
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,13 @@ class CalibrationResult:
     mean_counts : float
         Mean background intensity (input units, offset removed by the caller).
     noise_std_counts : float
-        Std of the background noise after the detector (input units).
+        Std of the shot noise after the detector (input units):
+        ``white_noise_std * sqrt(<MTF^2>)``.
+    residual_std_counts : float
+        Std of the background residual (noise plus leftover structure).
     white_noise_std_counts : float
-        Std the noise would have before the MTF: ``noise_std / sqrt(<MTF^2>)``.
+        Std of the noise before the MTF: the square root of the noise power
+        spectrum extrapolated to zero frequency.
     noise_std_factor : float
         ``sqrt(<MTF^2>)`` of the measured MTF.
     gain_counts_per_e : float
@@ -68,6 +72,7 @@ class CalibrationResult:
 
     mean_counts: float
     noise_std_counts: float
+    residual_std_counts: float
     white_noise_std_counts: float
     noise_std_factor: float
     gain_counts_per_e: float
@@ -223,7 +228,8 @@ def calibrate_to(
     Returns
     -------
     CalibrationResult
-        Figures and ``config``: ``base`` with optics ``mtf="table"``, gain,
+        Figures (the MTF is kept up to 0.707 cycles/px: real detectors pass
+        noise in the corners of the spectrum) and ``config``: ``base`` with optics ``mtf="table"``, gain,
         dose (so the background mean matches), no read/correlated noise, no
         quantisation, and the background field statistics.
     """
@@ -253,14 +259,16 @@ def calibrate_to(
     use = np.stack(uses)
     B = np.stack(Bs)
     part = np.stack(parts)
-    freq, mtf = mtf_from_noise(R, mask=use, low_frequency=low_frequency)
+    freq, mtf, white_var = _mtf_and_white_level(
+        R, mask=use, low_frequency=low_frequency, corners=True
+    )
     mtf = np.clip(mtf, 0.0, None)
     ny, nx = a.shape[1:]
     fy = np.fft.fftfreq(ny)[:, None]
     fx = np.fft.fftfreq(nx)[None, :]
     grid = np.sqrt(fy * fy + fx * fx)
     m2 = mtf_radial(grid, "table", table_freq=tuple(freq), table_values=tuple(mtf))
-    k = float(np.sqrt(np.mean(m2**2)))
+    kf = float(np.sqrt(np.mean(m2**2)))
     noise_var = float(np.mean([R[i][use[i]].var() for i in range(len(R))]))
     mean = float(np.mean([a[i][use[i]].mean() for i in range(len(a))]))
     if mean <= 0:
@@ -268,7 +276,8 @@ def calibrate_to(
             f"background mean of `frames` is {mean:.4g} <= 0; subtract only the constant offset "
             "(e.g. raw - 32768) so that intensities are proportional to electrons"
         )
-    white_var = noise_var / k**2
+    # the white level comes from the extrapolated zero-frequency noise power, not from the
+    # residual variance, which also holds leftover low-frequency background structure
     gain = white_var / mean
     n_e = mean / gain
     # background structure
@@ -335,9 +344,10 @@ def calibrate_to(
     )
     return CalibrationResult(
         mean_counts=mean,
-        noise_std_counts=float(np.sqrt(noise_var)),
+        noise_std_counts=float(np.sqrt(white_var) * kf),
+        residual_std_counts=float(np.sqrt(noise_var)),
         white_noise_std_counts=float(np.sqrt(white_var)),
-        noise_std_factor=k,
+        noise_std_factor=kf,
         gain_counts_per_e=float(gain),
         electrons_per_px=float(n_e),
         mtf_freq=freq,
@@ -359,8 +369,12 @@ def _mid(spec) -> float:
 
 
 def residual_nps(
-    frame: np.ndarray, *, mask: np.ndarray | None = None, background_sigma_px: float = 16.0
+    frame: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    background_sigma_px: float = 16.0,
+    corners: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise power spectrum of one frame's background residual (see :func:`calibrate_to`)."""
     _, R, use, _ = background_residual(frame, mask=mask, background_sigma_px=background_sigma_px)
-    return noise_power_spectrum(R, mask=use)
+    return noise_power_spectrum(R, mask=use, corners=corners)

@@ -83,7 +83,8 @@ def mtf_radial(
     Kinds: ``"none"`` (1 up to Nyquist... and beyond: no filtering),
     ``"parametric"`` (``1 / (1 + (f/fc)^2)``), the measured tables
     ``"camera512"``, ``"camera1024"``, ``"rods"`` (:data:`MTF_TABLES`), and
-    ``"table"`` (``table_freq``/``table_values``, linear, (0, 1) assumed).
+    ``"table"`` (``table_freq``/``table_values``, linear, (0, 1) assumed;
+    a table reaching beyond 0.5 is used up to its last frequency).
     """
     f = np.asarray(freq, dtype=np.float64)
     if kind == "none":
@@ -97,7 +98,9 @@ def mtf_radial(
         if tf[0] > 0:
             tf = np.concatenate([[0.0], tf])
             tv = np.concatenate([[1.0], tv])
-        m = np.interp(f, tf, tv)
+        m = np.interp(f, tf, tv, right=0.0)
+        if tf[-1] > 0.5:  # a table that extends into the corners of the spectrum
+            return np.where(f <= tf[-1] + 1e-12, m, 0.0)
     else:
         raise InputError(
             f"`mtf` must be one of none, parametric, camera512, camera1024, rods, table; got {kind!r}"
@@ -192,7 +195,7 @@ def apply_mtf(image: np.ndarray, mtf_rfft: np.ndarray) -> np.ndarray:
 
 
 def noise_power_spectrum(
-    frames: np.ndarray, *, mask: np.ndarray | None = None
+    frames: np.ndarray, *, mask: np.ndarray | None = None, corners: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rotationally averaged noise power spectrum of zero-mean residuals.
 
@@ -210,12 +213,15 @@ def noise_power_spectrum(
         Featureless background (or residuals after removing the background).
     mask : ndarray of bool, same (y, x) or full shape, optional
         True where the pixel is background to use.
+    corners : bool
+        Also return the bins beyond Nyquist along the diagonals, up to
+        ``sqrt(2)/2`` cycles/px (the corners of the 2-D spectrum).
 
     Returns
     -------
     freq : ndarray (n,)
-        Bin centres, cycles/px, ``k / N`` for ``k = 0 .. N/2`` (1-px radial
-        bins, N the smaller side).
+        Bin centres, cycles/px, ``k / N`` for ``k = 0 .. N/2`` (or up to
+        ``N/sqrt(2)`` with ``corners``; 1-px radial bins, N the smaller side).
     nps : ndarray (n,)
         Noise power per unit bandwidth (variance = its mean over the 2-D
         frequency grid).
@@ -262,7 +268,7 @@ def noise_power_spectrum(
         f = _freq_grid((py, px), rfft=False)
         scale = n
     kbin = np.rint(f * scale).astype(np.int64)
-    nb = n // 2 + 1
+    nb = int(np.floor(n / np.sqrt(2.0))) + 1 if corners else n // 2 + 1
     sel = kbin < nb
     sums = np.bincount(kbin[sel], weights=power[sel], minlength=nb)
     cnt = np.bincount(kbin[sel], minlength=nb)
@@ -271,7 +277,11 @@ def noise_power_spectrum(
 
 
 def mtf_from_noise(
-    frames: np.ndarray, *, mask: np.ndarray | None = None, low_frequency: str = "linear"
+    frames: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    low_frequency: str = "linear",
+    corners: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Measure a detector MTF from featureless background (the authors' method).
 
@@ -291,13 +301,25 @@ def mtf_from_noise(
         "linear" (the authors'): a line ``a + b f`` fitted over 0.05-0.10;
         "quadratic": ``a + b f^2`` (even in f, as the MTF of a symmetric
         point-spread function; less biased for smooth MTFs).
+    corners : bool
+        Keep the radial MTF beyond Nyquist (the diagonal corners of the 2-D
+        spectrum, up to 0.707 cycles/px) instead of the authors' zero there;
+        needed to reproduce the total noise variance of real frames.
 
     Returns
     -------
     freq : ndarray (n,), cycles/px, 0 to 0.5
     mtf : ndarray (n,), 1 at zero frequency
     """
-    freq, nps = noise_power_spectrum(frames, mask=mask)
+    freq, mtf, _ = _mtf_and_white_level(
+        frames, mask=mask, low_frequency=low_frequency, corners=corners
+    )
+    return freq, mtf
+
+
+def _mtf_and_white_level(frames, *, mask, low_frequency, corners):
+    """MTF as :func:`mtf_from_noise`, and the white noise power it implies (NPS at f = 0)."""
+    freq, nps = noise_power_spectrum(frames, mask=mask, corners=corners)
     amp = np.sqrt(np.maximum(nps, 0.0))
     fit = (freq >= 0.05) & (freq <= 0.10)
     if fit.sum() < 2:
@@ -313,7 +335,7 @@ def mtf_from_noise(
     amp[low] = icpt + slope * x[low]
     if icpt <= 0:
         raise InputError("noise power spectrum extrapolates to <= 0 at zero frequency")
-    return freq, amp / icpt
+    return freq, amp / icpt, float(icpt) ** 2
 
 
 def disk_kernel(radius_px: float, *, supersample: int = 8) -> np.ndarray:

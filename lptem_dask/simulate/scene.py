@@ -358,9 +358,9 @@ def make_background(
             t0 = _draw(b.speck_thickness_nm, rng)
             R = int(np.ceil(4 * r0)) + 1
             y0, x0 = int(np.floor(cy)) - R, int(np.floor(cx)) - R
-            yy = np.arange(y0, y0 + 2 * R + 2)
-            xx = np.arange(x0, x0 + 2 * R + 2)
-            blob = t0 * np.exp(-((yy[:, None] - cy) ** 2 + (xx[None, :] - cx) ** 2) / (2 * r0 * r0))
+            sy = np.arange(y0, y0 + 2 * R + 2)
+            sx = np.arange(x0, x0 + 2 * R + 2)
+            blob = t0 * np.exp(-((sy[:, None] - cy) ** 2 + (sx[None, :] - cx) ** 2) / (2 * r0 * r0))
             _add_patch(sp, blob / b.speck_mfp_nm, y0, x0)
         out["speck_exponent"] = sp
     else:
@@ -616,7 +616,7 @@ def render_frame(
     if corr_rel > 0:
         sc = corr_rel * np.sqrt(n_e * float(m.mean()))
         img += sc * _gaussian_field(rng, canvas, o.correlated_noise_length_px)
-    if use_mtf:
+    if mtf_r is not None:
         img = apply_mtf(img.astype(np.float32), mtf_r).astype(np.float64)
     img *= gain
     if o.quantisation == "uint16":
@@ -723,7 +723,7 @@ def _solve_dose(coef, target: float) -> float:
     cmax = dm / np.sqrt(S2) if S2 > 0 else np.inf
     c = target
     if c >= 0.99 * cmax:
-        logger.warning(
+        logger.info(
             "target CNR %.3g not attainable: the background structure alone limits it to %.3g; "
             "using %.3g",
             target,
