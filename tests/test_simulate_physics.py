@@ -346,3 +346,23 @@ def test_boundary_band_is_inner_and_thin():
     lab, bb = two["labels"], two["boundary"]
     assert lab.max() == 2
     assert bb[40, 43:45].all() and lab[40, 43] == 1 and lab[40, 44] == 2
+
+
+def test_etched_rod_radius_profile_is_a_body_of_revolution():
+    """A rod with a radius profile R(u): chord 2 sqrt(R(u)^2 - v^2) (closed form here)."""
+    Lr = 80.0
+    u = np.linspace(-Lr / 2, Lr / 2, 81)
+    prof = 8.0 + 3.0 * np.cos(2 * np.pi * u / 40.0)  # a wavy (etched) rod, radius 5-11 nm
+    p = one_particle("rod", Lr, diameter_nm=22.0, orientation_deg=0.0)
+    p["radius_profile_nm"] = [prof]
+    out = render_frame(p, cfg(size=128), seed=0)
+    t = thickness_from_image(out["image"].astype(np.float64), background_expected())
+    cy, cx = 63.3, 64.2
+    for col in (50, 60, 64, 75):
+        uu = col - cx
+        R = 8.0 + 3.0 * np.cos(2 * np.pi * uu / 40.0)
+        v = np.arange(128) - cy
+        sel = np.abs(v) < 0.9 * R
+        np.testing.assert_allclose(t[sel, col], 2 * np.sqrt(R**2 - v[sel] ** 2), rtol=0.03)
+        # the outline follows the profile: mask width = pixels with |v| < R(u)
+        assert out["mask"][:, col].sum() == (np.abs(v) < R).sum()
