@@ -123,6 +123,20 @@ def _child_link(store: str, sr: float, window_frames: int, q) -> None:
     q.put({"wall_s": wall, "peak_rss_mib": peak_kib / 1024})
 
 
+def _child_whole(store: str, sr: float, q) -> None:
+    import trackpy
+
+    from lptem_dask.measure import read_table
+    from lptem_dask.track import link
+
+    trackpy.quiet()
+    t0 = time.perf_counter()
+    tracks = link(read_table(store, "regions").compute(), search_range_nm=sr, memory=3)
+    wall = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    q.put({"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "rows": len(tracks)})
+
+
 def _child_baseline(q) -> None:
     import trackpy  # noqa: F401
 
@@ -148,6 +162,8 @@ def bench_windowed(n_particles: int, n_frames: int, window_frames: int) -> dict:
         rows, spacing = _write_regions(store, n_particles, n_frames)
         write_s = time.perf_counter() - t0
         res = _in_child(_child_link, str(store), 0.6 * spacing, window_frames)
+        whole = _in_child(_child_whole, str(store), 0.6 * spacing)
+        res["whole_table_link"] = {k: whole[k] for k in ("wall_s", "peak_rss_mib")}
         n_parts = len(list((store / "tables" / "tracks.parquet").glob("part.*.parquet")))
     res.update(
         rows=rows,
@@ -201,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"   {r['rows']:>8} rows ({r['tracks_parts']} windows): {r['wall_s']:.1f} s, "
             f"{r['rows_per_s']:.0f} rows/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
             f"(imports alone {out['baseline_import_rss_mib']:.0f} MiB; whole table would be "
-            f"{r['whole_table_mib']:.0f} MiB)",
+            f"{r['whole_table_mib']:.0f} MiB); whole-table lp.link: "
+            f"{r['whole_table_link']['wall_s']:.1f} s, peak RSS "
+            f"{r['whole_table_link']['peak_rss_mib']:.0f} MiB",
             flush=True,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
