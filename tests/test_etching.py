@@ -122,6 +122,13 @@ def _check_stages(cfg: EtchingConfig, res: dict, *, ci_zero: bool = False) -> No
 def test_truth_staged_rates_and_stage_times():
     cfg, res = _truth_analysis("staged")
     _check_stages(cfg, res)
+    # nearly straight sides recede at a: the width's piecewise-linear slopes are about -2a
+    # (later stages: the widest section is slightly convex and recedes a little faster)
+    for part in res["particles"]:
+        slopes = np.array(part["width_nm_slopes_per_s"])
+        two_a = np.array([2 * s.a_nm_per_s for s in cfg.stages])
+        assert slopes[:2] == pytest.approx(-two_a[:2], rel=0.06)
+        assert np.all(-slopes >= 0.95 * two_a) and np.all(-slopes <= 1.2 * two_a)
 
 
 def test_truth_b_zero():

@@ -52,6 +52,7 @@ __all__ = [
     "fit_velocity_law",
     "interval_rates",
     "detect_stages",
+    "piecewise_linear_fit",
     "analyze_etching",
     "plot_etching",
     "run_etching",
@@ -566,6 +567,41 @@ def detect_stages(
     }
 
 
+def piecewise_linear_fit(t_s: np.ndarray, y: np.ndarray, *, knots_s: list[float]) -> dict[str, Any]:
+    """Continuous piecewise-linear least-squares fit with knots at given times.
+
+    Parameters
+    ----------
+    t_s, y : ndarray, shape (n,)
+    knots_s : list of float
+        Times where the slope may change (e.g. detected stage changes).
+
+    Returns
+    -------
+    dict
+        ``slopes`` (one per piece, units of y per s), ``intercept`` (y at
+        ``t_s[0]``), ``fitted`` (ndarray, shape (n,)), ``rms`` (residual RMS).
+
+    Examples
+    --------
+    >>> t = np.arange(10.0); y = np.where(t < 4, 10 - t, 6 - 2 * (t - 4))
+    >>> np.round(piecewise_linear_fit(t, y, knots_s=[4.0])["slopes"], 6).tolist()
+    [-1.0, -2.0]
+    """
+    t = np.asarray(t_s, np.float64)
+    yy = np.asarray(y, np.float64)
+    knots = [k for k in knots_s if t.min() < k < t.max()]
+    A = np.column_stack([np.ones_like(t), t - t[0]] + [np.maximum(t - k, 0.0) for k in knots])
+    coef = np.linalg.lstsq(A, yy, rcond=None)[0]
+    fitted = A @ coef
+    return {
+        "slopes": np.cumsum(coef[1:]).tolist(),
+        "intercept": float(coef[0]),
+        "fitted": fitted,
+        "rms": float(np.sqrt(np.mean((yy - fitted) ** 2))),
+    }
+
+
 # ---------------------------------------------------------------------- driver
 def analyze_etching(
     contours: pd.DataFrame,
@@ -600,7 +636,9 @@ def analyze_etching(
     Returns
     -------
     dict
-        ``result`` (JSON-ready: stages with change frames and times,
+        ``result`` (JSON-ready: ``stage_change_frames`` (the frame interval
+        ``[f, f + 1]`` that holds each change) and ``stage_change_times_s``
+        (its middle, ``(f + 0.5) dt``), stages,
         per-stage population fits, per-particle fits, size summaries) and
         the tables ``sizes``, ``velocities``, ``rates``.
     """
@@ -647,11 +685,19 @@ def analyze_etching(
             entry["particles"] = per
         stages.append(entry)
     summary = []
+    # a change inside interval [t_f, t_f+1] is best placed at its middle
+    knots = [(f + 0.5) * frame_interval_s for f in change_frames]
     for p, g in sizes.groupby("particle"):
         g = g.sort_values("frame")
+        rates_pl = {}
+        if len(g) >= 2 * (len(knots) + 2):
+            for c in ("length_nm", "width_nm"):
+                pl = piecewise_linear_fit(g["time_s"].to_numpy(), g[c].to_numpy(), knots_s=knots)
+                rates_pl[f"{c}_slopes_per_s"] = pl["slopes"]
         summary.append(
             {
                 "particle": _i(p),
+                **rates_pl,
                 "first_frame": int(g["frame"].iloc[0]),
                 "last_frame": int(g["frame"].iloc[-1]),
                 **{
@@ -668,7 +714,7 @@ def analyze_etching(
         "frame_interval_s": frame_interval_s,
         "n_particles": int(sizes["particle"].nunique()) if len(sizes) else 0,
         "stage_change_frames": change_frames,
-        "stage_change_times_s": [f * frame_interval_s for f in change_frames],
+        "stage_change_times_s": knots,
         "segmentation": seg,
         "stages": stages,
         "particles": summary,
@@ -686,9 +732,13 @@ def plot_etching(analysis: dict[str, Any], contours: pd.DataFrame | None = None,
 
     res, sizes, vel = analysis["result"], analysis["sizes"], analysis["velocities"]
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    knots = list(res["stage_change_times_s"])
     for p, g in sizes.groupby("particle"):
-        ax[0].plot(g["time_s"], g["length_nm"], "-", label=f"length {p}")
-        ax[0].plot(g["time_s"], g["width_nm"], "--", label=f"width {p}")
+        for col, mk in (("length_nm", "o"), ("width_nm", "s")):
+            line = ax[0].plot(g["time_s"], g[col], mk, ms=2, label=f"{col[:-3]} {p}")
+            if len(g) >= 2 * (len(knots) + 2):
+                pl = piecewise_linear_fit(g["time_s"].to_numpy(), g[col].to_numpy(), knots_s=knots)
+                ax[0].plot(g["time_s"], pl["fitted"], "-", lw=0.8, color=line[0].get_color())
     for t in res["stage_change_times_s"]:
         ax[0].axvline(t, color="k", lw=0.8)
     ax[0].set(xlabel="time (s)", ylabel="size (nm)")
