@@ -233,8 +233,10 @@ def test_end_to_end_unet(law):  # pragma: no cover - needs the trained model
         update={"n_monomers": 300, "rate_constant_per_s": _rate_for(law, 300)}
     )
     video, truth = simulate_assembly_video(cfg, seed=0)
-    labels = lp.segment(video, model="default")
-    reg = measure_regions(labels, video, shape="cube").compute()
+    labels = lp.segment(video, model="default", particle_size_px=cfg.edge_nm / cfg.pixel_size_nm)
+    reg = measure_regions(
+        labels, video, shape="cube", frame_interval_s=cfg.frame_interval_s
+    ).compute()
     fit = fit_kinetics(chain_statistics(chains_from_regions(reg, shape="cube")))
     assert fit["best"] == law
     assert fit["fits"][law]["k_per_s"] == pytest.approx(cfg.rate_constant_per_s, rel=0.10)

@@ -210,8 +210,11 @@ def test_end_to_end_unet_staged():  # pragma: no cover - needs the trained model
 
     cfg = load_etching_config(CONFIGS / "staged.yaml")
     video, _ = simulate_etching_video(cfg, seed=0)
-    labels = lp.segment(video, model="default")
-    contours = measure_contours(labels, pixel_size_nm=cfg.pixel_size_nm).compute()
+    prob = lp.predict_probability(
+        video, model="default", particle_size_px=cfg.diameter_nm / cfg.pixel_size_nm
+    )
+    labels = lp.label_frames(prob, threshold=0.5)
+    contours = measure_contours(labels, probability=prob, pixel_size_nm=cfg.pixel_size_nm).compute()
     _check_stages(cfg, analyze_etching(contours, frame_interval_s=cfg.frame_interval_s)["result"])
 
 
