@@ -151,11 +151,13 @@ def mtf_2d(
 
 @functools.lru_cache(maxsize=32)
 def _h2_cached(shape, kind, cutoff, table_freq, table_values):
-    mtf_f = _mtf_cached(shape, kind, cutoff, table_freq, table_values, False)
-    h = sfft.ifft2(mtf_f).real
-    out = sfft.rfft2(h * h).astype(np.complex64)
+    mtf_r = _mtf_cached(shape, kind, cutoff, table_freq, table_values, True)
+    # the radial MTF is real and even: its point-spread kernel is irfft2 of the half spectrum
+    h = sfft.irfft2(mtf_r, s=shape)
+    h2 = h * h
+    out = sfft.rfft2(h2).astype(np.complex64)
     out.setflags(write=False)
-    return out, float(np.mean(mtf_f**2))
+    return out, float(h2.sum())  # Parseval: sum h^2 = mean of MTF^2 over the full grid
 
 
 def mtf_squared_kernel_rfft(

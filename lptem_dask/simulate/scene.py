@@ -275,6 +275,19 @@ def _gauss_spectrum(shape: tuple[int, int], corr_px: float) -> np.ndarray:
     return k
 
 
+@functools.lru_cache(maxsize=16)
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Periodic linear interpolation from ``n_in`` to ``n_out`` samples (cell centres)."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    i0 = np.floor(x).astype(int)
+    w = x - i0
+    M = np.zeros((n_out, n_in), dtype=np.float32)
+    M[np.arange(n_out), i0 % n_in] += (1 - w).astype(np.float32)
+    M[np.arange(n_out), (i0 + 1) % n_in] += w.astype(np.float32)
+    M.setflags(write=False)
+    return M
+
+
 def _gaussian_field(rng, shape, corr_px: float) -> np.ndarray:
     """Zero-mean, unit-std Gaussian random field with a Gaussian filter of ``corr_px``.
 
@@ -287,7 +300,7 @@ def _gaussian_field(rng, shape, corr_px: float) -> np.ndarray:
     w = rng.standard_normal(cs, dtype=np.float32)
     g = sfft.irfft2(sfft.rfft2(w) * _gauss_spectrum(cs, float(corr_px) / f), s=cs)
     if f > 1:
-        g = ndimage.zoom(g, f, order=1, mode="grid-wrap", grid_mode=True)[:ny, :nx]
+        g = _interp_matrix(ny, cs[0]) @ g.astype(np.float32) @ _interp_matrix(nx, cs[1]).T
     g = g.astype(np.float64)
     g -= g.mean()
     return g / (g.std() + 1e-300)
@@ -385,6 +398,27 @@ def _add_patch(canvas: np.ndarray, patch: np.ndarray, y0: int, x0: int) -> None:
     s = _slices(y0, x0, patch.shape, canvas.shape)
     if s is not None:
         canvas[s[0]] += patch[s[1]]
+
+
+def _convolve_same(patch: np.ndarray, kern: np.ndarray) -> np.ndarray:
+    """``fftconvolve(patch, kern, mode="same")`` for an odd kernel, clipped at 0.
+
+    Tiny kernels (<= 4 non-zero taps, e.g. a sub-pixel shift) are applied
+    as a weighted sum of shifted copies; larger ones by FFT (float32).
+    """
+    nz = np.argwhere(kern > 0)
+    if len(nz) <= 4:
+        R = kern.shape[0] // 2
+        Rx = kern.shape[1] // 2
+        H, W = patch.shape
+        padded = np.pad(patch, ((R, R), (Rx, Rx)))
+        out = np.zeros_like(patch)
+        for jy, jx in nz:
+            dy, dx = jy - R, jx - Rx
+            out += kern[jy, jx] * padded[R - dy : R - dy + H, Rx - dx : Rx - dx + W]
+        return out
+    conv = signal.fftconvolve(patch.astype(np.float32), kern.astype(np.float32), mode="same")
+    return np.maximum(conv, 0.0).astype(np.float64)
 
 
 def boundary_band(labels: np.ndarray, *, width_px: int = 1) -> np.ndarray:
@@ -556,10 +590,7 @@ def render_frame(
         else:
             t_img = t_c
         if kern is not None and kern.size > 1:
-            t_img = np.maximum(
-                signal.fftconvolve(t_img.astype(np.float32), kern.astype(np.float32), mode="same"),
-                0.0,
-            ).astype(np.float64)
+            t_img = _convolve_same(t_img, kern)
         cs, psl = sl
         A[cs] += t_img[psl] / lam
         T[cs] += t_img[psl]
@@ -683,7 +714,6 @@ def _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain):
     shape = m.shape
     if kind != "none":
         mtf_r = mtf_2d(shape, kind, dtype="float32", **mtf_kw)
-        mtf_f = mtf_2d(shape, kind, rfft=False, **mtf_kw)
         H2, k2 = mtf_squared_kernel_rfft(shape, kind, **mtf_kw)
         M = sfft.rfft2(m.astype(np.float32))
         mb = sfft.irfft2(M * mtf_r, s=shape)
@@ -692,16 +722,22 @@ def _noise_coefficients(m, mask, bg, kind, mtf_kw, o, read, corr_rel, gain):
         mb = m
         vp = m
         k2 = 1.0
-        mtf_f = None
+        mtf_r = None
     dm = float(mb[bg].mean() - mb[mask].mean())
     S2 = float(mb[bg].var())
     a = float(vp[bg].mean())
     if corr_rel > 0:
         ny, nx = shape
         fy = np.fft.fftfreq(ny)[:, None]
-        fx = np.fft.fftfreq(nx)[None, :]
+        fx = np.fft.rfftfreq(nx)[None, :]
         K2 = np.exp(-4.0 * np.pi**2 * o.correlated_noise_length_px**2 * (fy * fy + fx * fx))
-        fc = float(np.mean(K2 * (mtf_f**2 if mtf_f is not None else 1.0)) / np.mean(K2))
+        # means over the full grid from the half (rfft) grid: inner columns count twice
+        wcol = np.full(K2.shape[1], 2.0)
+        wcol[0] = 1.0
+        if nx % 2 == 0:
+            wcol[-1] = 1.0
+        m2 = 1.0 if mtf_r is None else mtf_r.astype(np.float64) ** 2
+        fc = float((K2 * m2 * wcol).sum() / (K2 * wcol).sum())
         a += corr_rel**2 * float(m.mean()) * fc
     b = read * read * k2
     if o.quantisation == "uint16":
