@@ -55,7 +55,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS = (
-    "unet", "otsu", "li", "triangle", "sauvola", "local", "watershed", "canny", "random_forest",
+    "unet",
+    "otsu",
+    "li",
+    "triangle",
+    "sauvola",
+    "local",
+    "watershed",
+    "canny",
+    "random_forest",
 )
 _SHAPES = ("prisms", "rods", "cubes", "spheres")
 
@@ -130,16 +138,29 @@ def quick_config(config: SegmentationBenchmarkConfig) -> SegmentationBenchmarkCo
 
     names = list(cnr_levels())
     pick = tuple(names[i] for i in np.linspace(0, len(names) - 1, 6).round().astype(int))
-    return config.model_copy(update={
-        "levels": pick, "extend_cnr": (0.3,), "frames_per_set": 1, "image_size_px": 64,
-        "tune_frames": 1, "tune_crop_px": 64, "n_examples": 2, "max_settings": 2,
-        "shapes": tuple(config.shapes[:2]) if len(config.shapes) > 2 else config.shapes,
-        "random_forest": {"n_images": 1, "n_estimators": 5, "max_depth": 6,
-                          "pixels_per_image": 500, **config.random_forest},
-        "labelled_folders": tuple(
-            f.model_copy(update={"max_images": 1}) for f in config.labelled_folders
-        ),
-    })
+    return config.model_copy(
+        update={
+            "levels": pick,
+            "extend_cnr": (0.3,),
+            "frames_per_set": 1,
+            "image_size_px": 64,
+            "tune_frames": 1,
+            "tune_crop_px": 64,
+            "n_examples": 2,
+            "max_settings": 2,
+            "shapes": tuple(config.shapes[:2]) if len(config.shapes) > 2 else config.shapes,
+            "random_forest": {
+                "n_images": 1,
+                "n_estimators": 5,
+                "max_depth": 6,
+                "pixels_per_image": 500,
+                **config.random_forest,
+            },
+            "labelled_folders": tuple(
+                f.model_copy(update={"max_images": 1}) for f in config.labelled_folders
+            ),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -157,13 +178,18 @@ def _scaled_config(preset: str, *, image_size_px: int, target_cnr: float) -> Any
         return max(1, int(round(n * factor)))
 
     new_count = (scale(count[0]), scale(count[1])) if isinstance(count, tuple) else scale(count)
-    return cfg.model_copy(update={
-        "optics": cfg.optics.model_copy(update={"image_size_px": int(image_size_px)}),
-        "particles": cfg.particles.model_copy(update={
-            "count": new_count, "max_count": max(1, int(round(cfg.particles.max_count * factor)))
-        }),
-        "target_cnr": float(target_cnr),
-    })
+    return cfg.model_copy(
+        update={
+            "optics": cfg.optics.model_copy(update={"image_size_px": int(image_size_px)}),
+            "particles": cfg.particles.model_copy(
+                update={
+                    "count": new_count,
+                    "max_count": max(1, int(round(cfg.particles.max_count * factor))),
+                }
+            ),
+            "target_cnr": float(target_cnr),
+        }
+    )
 
 
 def simulated_test_set(
@@ -233,7 +259,9 @@ def _read_2d(path: Path, channel: int) -> np.ndarray:
 def _folder_items(folder: LabelledFolder) -> list[dict[str, Any]]:
     root = Path(folder.path)
     if not root.is_dir():
-        raise InputError(f"labelled folder {str(root)!r} (`labelled_folders[].path`) does not exist")
+        raise InputError(
+            f"labelled folder {str(root)!r} (`labelled_folders[].path`) does not exist"
+        )
     items: list[dict[str, Any]] = []
     if folder.kind == "points":
         for tif in sorted(root.glob("*.tif")):
@@ -242,8 +270,13 @@ def _folder_items(folder: LabelledFolder) -> list[dict[str, Any]]:
                 continue
             img = _read_2d(tif, folder.channel).astype(np.float64) + folder.offset
             rows = np.loadtxt(txt, ndmin=2)
-            items.append({"name": tif.stem, "image": img.astype(np.float32),
-                          "points_yx": np.c_[rows[:, 2] - 1, rows[:, 1] - 1]})
+            items.append(
+                {
+                    "name": tif.stem,
+                    "image": img.astype(np.float32),
+                    "points_yx": np.c_[rows[:, 2] - 1, rows[:, 1] - 1],
+                }
+            )
     else:
         img_dir = root / "images"
         lab_dir = next((root / d for d in ("labels", "masks") if (root / d).is_dir()), None)
@@ -255,13 +288,20 @@ def _folder_items(folder: LabelledFolder) -> list[dict[str, Any]]:
             return re.sub(r"^(image|label|mask)_?", "", p.stem)
 
         labs = {key(p): p for p in lab_dir.iterdir() if p.is_file()}
-        for p in sorted(img_dir.iterdir(), key=lambda q: [int(t) if t.isdigit() else t
-                                                          for t in re.split(r"(\d+)", q.stem)]):
+        for p in sorted(
+            img_dir.iterdir(),
+            key=lambda q: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", q.stem)],
+        ):
             if key(p) not in labs:
                 continue
             img = _read_2d(p, folder.channel).astype(np.float64) + folder.offset
-            items.append({"name": p.stem, "image": img.astype(np.float32),
-                          "mask": _read_2d(labs[key(p)], folder.channel) > 0})
+            items.append(
+                {
+                    "name": p.stem,
+                    "image": img.astype(np.float32),
+                    "mask": _read_2d(labs[key(p)], folder.channel) > 0,
+                }
+            )
     if folder.max_images is not None:
         items = items[: folder.max_images]
     if not items:
@@ -286,18 +326,25 @@ class _Runner:
 
         from .io import from_array
 
-        video = from_array(np.asarray(images, np.float32), pixel_size_nm=1.0,
-                           frame_interval_s=1.0, chunks=1)
+        video = from_array(
+            np.asarray(images, np.float32), pixel_size_nm=1.0, frame_interval_s=1.0, chunks=1
+        )
         if method == "unet":
             from .segment.infer import segment
 
-            lab = segment(video, model=self.config.model, particle_size_px=particle_size_px,
-                          polarity=polarity)
+            lab = segment(
+                video, model=self.config.model, particle_size_px=particle_size_px, polarity=polarity
+            )
         else:
             from .segment.baselines import segment_baseline
 
-            lab = segment_baseline(video, method=method, params=self.tuned.get(method),
-                                   polarity=polarity, particle_size_px=particle_size_px)
+            lab = segment_baseline(
+                video,
+                method=method,
+                params=self.tuned.get(method),
+                polarity=polarity,
+                particle_size_px=particle_size_px,
+            )
         t0 = time.perf_counter()
         with dask.config.set(scheduler="synchronous"):
             out = np.asarray(lab.values, np.int32)
@@ -371,6 +418,12 @@ def benchmark_segmentation(
     bad = [n for n in names if n not in all_levels]
     if bad:
         raise ConfigError(f"unknown CNR `levels` {bad}; known: {', '.join(all_levels)}")
+    for folder in cfg.labelled_folders:
+        if not folder.optional and not Path(folder.path).is_dir():
+            raise InputError(
+                f"labelled folder {str(folder.path)!r} (`labelled_folders[].path`, name "
+                f"{folder.name!r}) does not exist; fix the path or set `optional: true`"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -381,28 +434,39 @@ def benchmark_segmentation(
             print(f"[{time.perf_counter() - t_start:6.0f}s] " + (msg % args), flush=True)
 
     # ---- tuning on the U-Net's validation set
-    data = (_model_data(cfg.model, cfg.seed_fallback_simulation) if "unet" in cfg.methods
-            else {"simulation": cfg.seed_fallback_simulation, "train_seed": 1, "val_seed": 2})
-    rf_over = {"simulation": data["simulation"], "train_seed": data["train_seed"],
-               **cfg.random_forest}
+    data: dict[str, Any] = (
+        _model_data(cfg.model, cfg.seed_fallback_simulation)
+        if "unet" in cfg.methods
+        else {"simulation": cfg.seed_fallback_simulation, "train_seed": 1, "val_seed": 2}
+    )
+    rf_over = {
+        "simulation": data["simulation"],
+        "train_seed": data["train_seed"],
+        **cfg.random_forest,
+    }
     tuned: dict[str, dict[str, Any]] = {}
     tables = []
     baselines = [m for m in cfg.methods if m != "unet"]
     if baselines:
-        v_img, v_lab, v_size = _validation_set(data["simulation"], data["val_seed"],
-                                               cfg.tune_frames, cfg.tune_crop_px)
+        v_img, v_lab, v_size = _validation_set(
+            data["simulation"], data["val_seed"], cfg.tune_frames, cfg.tune_crop_px
+        )
         hint = v_size if cfg.size_hint == "truth" else None
         for m in baselines:
             grid = [{**g, **rf_over} if m == "random_forest" else g for g in default_grid(m)]
             if cfg.max_settings is not None:
                 grid = grid[: cfg.max_settings]
             if m == "random_forest":
-                say("training the random forest on %s seed %d", data["simulation"],
-                    data["train_seed"])
+                say(
+                    "training the random forest on %s seed %d",
+                    data["simulation"],
+                    data["train_seed"],
+                )
                 train_random_forest(grid[0])
             if cfg.tune:
-                best, table = tune_baseline(m, v_img, v_lab, grid=grid, labels=v_lab,
-                                            particle_size_px=hint)
+                best, table = tune_baseline(
+                    m, v_img, v_lab, grid=grid, labels=v_lab, particle_size_px=hint
+                )
                 table.insert(0, "method", m)
                 tables.append(table)
                 say("tuned %-13s score %.3f (%d settings)", m, table["score"].iloc[0], len(grid))
@@ -411,9 +475,16 @@ def benchmark_segmentation(
             tuned[m] = best
     if tables:
         pd.concat(tables, ignore_index=True).to_csv(out / "tuning.csv", index=False)
-    (out / "tuned_params.json").write_text(json.dumps(
-        {"validation": {**data, "frames": cfg.tune_frames, "crop_px": cfg.tune_crop_px},
-         "params": tuned}, indent=2, default=str))
+    (out / "tuned_params.json").write_text(
+        json.dumps(
+            {
+                "validation": {**data, "frames": cfg.tune_frames, "crop_px": cfg.tune_crop_px},
+                "params": tuned,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
     run = _Runner(cfg, tuned)
     rows: list[dict[str, Any]] = []
@@ -424,35 +495,70 @@ def benchmark_segmentation(
         times: dict[str, list] = {m: [] for m in cfg.methods}
         cnrs, snrs = [], []
         for shape in cfg.shapes:
-            ts = simulated_test_set(shape, target_cnr=cnr, n=cfg.frames_per_set,
-                                    image_size_px=cfg.image_size_px, seed=cfg.test_seed)
+            ts = simulated_test_set(
+                shape,
+                target_cnr=cnr,
+                n=cfg.frames_per_set,
+                image_size_px=cfg.image_size_px,
+                seed=cfg.test_seed,
+            )
             cnrs.extend(ts["cnr"])
             snrs.extend(ts["snr"])
             hint = ts["size_px"] if cfg.size_hint == "truth" else None
-            ex = {"shape": shape, "level": name, "image": ts["images"][0],
-                  "truth": ts["labels"][0], "pred": {}}
+            ex = {
+                "shape": shape,
+                "level": name,
+                "image": ts["images"][0],
+                "truth": ts["labels"][0],
+                "pred": {},
+            }
             for m in cfg.methods:
                 pred, dt = run(m, ts["images"], particle_size_px=hint, polarity="dark")
-                fs = [frame_scores(p, t) for p, t in zip(pred, ts["labels"])]
+                fs = [frame_scores(p, t) for p, t in zip(pred, ts["labels"], strict=False)]
                 pooled[m].extend(fs)
                 times[m].append((dt, len(pred)))
                 ex["pred"][m] = pred[0]
-                rows.append({"method": m, "dataset": shape, "level": name, "cnr_target": cnr,
-                             "cnr": float(np.mean(ts["cnr"])), "snr": float(np.mean(ts["snr"])),
-                             **summarize_scores(fs), "time_per_frame_s": dt})
+                rows.append(
+                    {
+                        "method": m,
+                        "dataset": shape,
+                        "level": name,
+                        "cnr_target": cnr,
+                        "cnr": float(np.mean(ts["cnr"])),
+                        "snr": float(np.mean(ts["snr"])),
+                        **summarize_scores(fs),
+                        "time_per_frame_s": dt,
+                    }
+                )
             examples.append(ex)
         iou_unet = math.nan
         for m in cfg.methods:
             s = summarize_scores(pooled[m])
             n_tot = sum(n for _, n in times[m])
-            rows.append({"method": m, "dataset": "all", "level": name, "cnr_target": cnr,
-                         "cnr": float(np.mean(cnrs)), "snr": float(np.mean(snrs)), **s,
-                         "time_per_frame_s": sum(t * n for t, n in times[m]) / n_tot})
+            rows.append(
+                {
+                    "method": m,
+                    "dataset": "all",
+                    "level": name,
+                    "cnr_target": cnr,
+                    "cnr": float(np.mean(cnrs)),
+                    "snr": float(np.mean(snrs)),
+                    **s,
+                    "time_per_frame_s": sum(t * n for t, n in times[m]) / n_tot,
+                }
+            )
             if m == "unet":
                 iou_unet = s["pixel_iou"]
-        say("level %-12s CNR %.2f: %s", name, cnr, ", ".join(
-            f"{r['method']} {r['pixel_iou']:.2f}/{r['object_f1']:.2f}" for r in rows
-            if r["dataset"] == "all" and r["level"] == name))
+        say(
+            "level %-12s CNR %.2f: %s",
+            name,
+            cnr,
+            ", ".join(
+                f"{r['method']} {r['pixel_iou']:.2f}/{r['object_f1']:.2f}"
+                for r in rows
+                if r["dataset"] == "all" and r["level"] == name
+            ),
+        )
         return iou_unet
 
     fail_level = None
@@ -479,76 +585,145 @@ def benchmark_segmentation(
             if folder.kind == "points":
                 prec, rec, dts, n_found, n_listed = [], [], [], 0, 0
                 for it in items:
-                    pred, dt = run(m, it["image"][None], particle_size_px=folder.particle_size_px,
-                                   polarity=folder.polarity)
+                    pred, dt = run(
+                        m,
+                        it["image"][None],
+                        particle_size_px=folder.particle_size_px,
+                        polarity=folder.polarity,
+                    )
                     found = _centroids(pred[0])
-                    p, r = detection_precision_recall(found, it["points_yx"],
-                                                      radius_px=folder.radius_px)
+                    p, r = detection_precision_recall(
+                        found, it["points_yx"], radius_px=folder.radius_px
+                    )
                     prec.append(p)
                     rec.append(r)
                     dts.append(dt)
                     n_found += len(found)
                     n_listed += len(it["points_yx"])
-                rows.append({"method": m, "dataset": folder.name, "level": "real",
-                             "n_frames": len(items), "n_pred": n_found, "n_true": n_listed,
-                             "detection_precision": float(np.mean(prec)),
-                             "detection_recall": float(np.mean(rec)),
-                             "time_per_frame_s": float(np.mean(dts))})
+                rows.append(
+                    {
+                        "method": m,
+                        "dataset": folder.name,
+                        "level": "real",
+                        "n_frames": len(items),
+                        "n_pred": n_found,
+                        "n_true": n_listed,
+                        "detection_precision": float(np.mean(prec)),
+                        "detection_recall": float(np.mean(rec)),
+                        "time_per_frame_s": float(np.mean(dts)),
+                    }
+                )
             else:
                 stack_ok = len({it["image"].shape for it in items}) == 1
                 preds, dts = [], []
                 if stack_ok:
-                    p_all, dt = run(m, np.stack([it["image"] for it in items]),
-                                    particle_size_px=folder.particle_size_px,
-                                    polarity=folder.polarity)
+                    p_all, dt = run(
+                        m,
+                        np.stack([it["image"] for it in items]),
+                        particle_size_px=folder.particle_size_px,
+                        polarity=folder.polarity,
+                    )
                     preds, dts = list(p_all), [dt]
                 else:
                     for it in items:
-                        p1, dt = run(m, it["image"][None], particle_size_px=folder.particle_size_px,
-                                     polarity=folder.polarity)
+                        p1, dt = run(
+                            m,
+                            it["image"][None],
+                            particle_size_px=folder.particle_size_px,
+                            polarity=folder.polarity,
+                        )
                         preds.append(p1[0])
                         dts.append(dt)
-                real_ex.setdefault(folder.name, {"shape": folder.name, "level": "real",
-                                                 "image": items[0]["image"],
-                                                 "truth": items[0]["mask"].astype(np.int32),
-                                                 "pred": {}})["pred"][m] = preds[0]
+                real_ex.setdefault(
+                    folder.name,
+                    {
+                        "shape": folder.name,
+                        "level": "real",
+                        "image": items[0]["image"],
+                        "truth": items[0]["mask"].astype(np.int32),
+                        "pred": {},
+                    },
+                )["pred"][m] = preds[0]
                 fs, tp, n_p, n_g = [], 0, 0, 0
                 from scipy import ndimage
 
-                for pred, it in zip(preds, items):
+                for pred, it in zip(preds, items, strict=False):
                     fs.append(frame_scores(pred, ndimage.label(it["mask"])[0]))
-                    a, b, c = score_real_objects(pred > 0, it["mask"],
-                                                 min_area_px=folder.min_area_px)
+                    a, b, c = score_real_objects(
+                        pred > 0, it["mask"], min_area_px=folder.min_area_px
+                    )
                     tp, n_p, n_g = tp + a, n_p + b, n_g + c
                 s = summarize_scores(fs)
                 # object scores with the judge's definition (components >= min_area_px, greedy)
-                s.update(object_precision=tp / n_p if n_p else 1.0,
-                         object_recall=tp / n_g if n_g else 1.0,
-                         object_f1=2 * tp / (n_p + n_g) if n_p + n_g else 1.0,
-                         n_pred=n_p, n_true=n_g, n_matched=tp)
-                rows.append({"method": m, "dataset": folder.name, "level": "real", **s,
-                             "time_per_frame_s": float(np.mean(dts))})
-        say("labelled folder %s: %s", folder.name, ", ".join(
-            f"{r['method']} {r['pixel_iou']:.2f}/{r['object_f1']:.2f}" if folder.kind == "tiles"
-            else f"{r['method']} {r['detection_precision']:.2f}/{r['detection_recall']:.2f}"
-            for r in rows if r["dataset"] == folder.name))
+                s.update(
+                    object_precision=tp / n_p if n_p else 1.0,
+                    object_recall=tp / n_g if n_g else 1.0,
+                    object_f1=2 * tp / (n_p + n_g) if n_p + n_g else 1.0,
+                    n_pred=n_p,
+                    n_true=n_g,
+                    n_matched=tp,
+                )
+                rows.append(
+                    {
+                        "method": m,
+                        "dataset": folder.name,
+                        "level": "real",
+                        **s,
+                        "time_per_frame_s": float(np.mean(dts)),
+                    }
+                )
+        say(
+            "labelled folder %s: %s",
+            folder.name,
+            ", ".join(
+                f"{r['method']} {r['pixel_iou']:.2f}/{r['object_f1']:.2f}"
+                if folder.kind == "tiles"
+                else f"{r['method']} {r['detection_precision']:.2f}/{r['detection_recall']:.2f}"
+                for r in rows
+                if r["dataset"] == folder.name
+            ),
+        )
     examples.extend(real_ex.values())
 
     df = pd.DataFrame(rows)
-    cols = ["method", "dataset", "level", "cnr_target", "cnr", "snr", "n_frames", "n_pred",
-            "n_true", "n_matched", "pixel_iou", "dice", "object_precision", "object_recall",
-            "object_f1", "centroid_error_px", "boundary_p95_px", "time_per_frame_s",
-            "detection_precision", "detection_recall"]
-    for c in cols:
-        if c not in df:
-            df[c] = np.nan
+    cols = [
+        "method",
+        "dataset",
+        "level",
+        "cnr_target",
+        "cnr",
+        "snr",
+        "n_frames",
+        "n_pred",
+        "n_true",
+        "n_matched",
+        "pixel_iou",
+        "dice",
+        "object_precision",
+        "object_recall",
+        "object_f1",
+        "centroid_error_px",
+        "boundary_p95_px",
+        "time_per_frame_s",
+        "detection_precision",
+        "detection_recall",
+    ]
+    for col in cols:
+        if col not in df:
+            df[col] = np.nan
     df = df[cols]
     df.attrs["unet_fail_level"] = fail_level
     df.to_csv(out / "metrics.csv", index=False)
-    _write_figures(df, examples, out, methods=list(cfg.methods),
-                  n_examples=cfg.n_examples)
-    _write_table(df, out / "table.md", methods=list(cfg.methods), fail_level=fail_level,
-                tuned=tuned, elapsed_s=time.perf_counter() - t_start, config=cfg)
+    _write_figures(df, examples, out, methods=list(cfg.methods), n_examples=cfg.n_examples)
+    _write_table(
+        df,
+        out / "table.md",
+        methods=list(cfg.methods),
+        fail_level=fail_level,
+        tuned=tuned,
+        elapsed_s=time.perf_counter() - t_start,
+        config=cfg,
+    )
     say("wrote %s (%.0f s)", out, time.perf_counter() - t_start)
     return df
 
@@ -578,7 +753,11 @@ _METRIC_LABELS = {
 
 
 def _write_figures(
-    df: pd.DataFrame, examples: list[dict[str, Any]], out: Path, *, methods: list[str],
+    df: pd.DataFrame,
+    examples: list[dict[str, Any]],
+    out: Path,
+    *,
+    methods: list[str],
     n_examples: int,
 ) -> None:
     import matplotlib
@@ -588,15 +767,24 @@ def _write_figures(
 
     sim = df[(df["dataset"] == "all")]
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    for xcol, fname, xlabel in (("cnr_target", "metrics_vs_cnr.png", "CNR (target level)"),
-                                ("snr", "metrics_vs_snr.png", "SNR (authors' definition, measured)")):
+    for xcol, fname, xlabel in (
+        ("cnr_target", "metrics_vs_cnr.png", "CNR (target level)"),
+        ("snr", "metrics_vs_snr.png", "SNR (authors' definition, measured)"),
+    ):
         fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
-        for ax, (metric, label) in zip(axes.ravel(), _METRIC_LABELS.items()):
+        for ax, (metric, label) in zip(axes.ravel(), _METRIC_LABELS.items(), strict=False):
             for m in methods:
                 d = sim[sim["method"] == m].sort_values(xcol)
                 if len(d):
-                    ax.plot(d[xcol], d[metric], "o-", ms=3, label=m, color=colors[m],
-                            lw=2.2 if m == "unet" else 1.0)
+                    ax.plot(
+                        d[xcol],
+                        d[metric],
+                        "o-",
+                        ms=3,
+                        label=m,
+                        color=colors[m],
+                        lw=2.2 if m == "unet" else 1.0,
+                    )
             if (sim[xcol] > 0).any():
                 ax.set_xscale("log")
             if metric == "time_per_frame_s" and (sim[metric] > 0).any():
@@ -655,18 +843,27 @@ def _fmt(x: Any, nd: int = 2) -> str:
 
 
 def _write_table(
-    df: pd.DataFrame, path: Path, *, methods: list[str], fail_level: str | None,
-    tuned: dict[str, dict[str, Any]], elapsed_s: float, config: SegmentationBenchmarkConfig,
+    df: pd.DataFrame,
+    path: Path,
+    *,
+    methods: list[str],
+    fail_level: str | None,
+    tuned: dict[str, dict[str, Any]],
+    elapsed_s: float,
+    config: SegmentationBenchmarkConfig,
 ) -> None:
     lines = ["# Segmentation benchmark", ""]
     sim = df[df["dataset"] == "all"]
     levels = list(dict.fromkeys(sim["level"]))
     baselines = [m for m in methods if m != "unet"]
     if "unet" in methods and baselines:
-        lines += ["## U-Net against the best tuned baseline (simulated, 4 shapes pooled)", "",
-                  "| level | CNR | SNR | U-Net IoU | best baseline IoU | margin | "
-                  "U-Net F1 | best baseline F1 | margin |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## U-Net against the best tuned baseline (simulated, 4 shapes pooled)",
+            "",
+            "| level | CNR | SNR | U-Net IoU | best baseline IoU | margin | "
+            "U-Net F1 | best baseline F1 | margin |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for lv in levels:
             d = sim[sim["level"] == lv].set_index("method")
             u = d.loc["unet"]
@@ -677,38 +874,60 @@ def _write_table(
                 f"{_fmt(b.loc[bi, 'pixel_iou'])} ({bi}) | "
                 f"{u['pixel_iou'] - b.loc[bi, 'pixel_iou']:+.2f} | {_fmt(u['object_f1'])} | "
                 f"{_fmt(b.loc[bf, 'object_f1'])} ({bf}) | "
-                f"{u['object_f1'] - b.loc[bf, 'object_f1']:+.2f} |")
-        lines += ["", f"U-Net pooled pixel IoU first falls below {config.stop_iou} at level: "
-                  f"**{fail_level or 'not reached'}**.", ""]
-    for metric in ("pixel_iou", "object_f1", "centroid_error_px", "boundary_p95_px",
-                   "time_per_frame_s"):
-        lines += [f"## {_METRIC_LABELS[metric]} by level", "",
-                  "| method | " + " | ".join(levels) + " |",
-                  "|---|" + "---|" * len(levels)]
+                f"{u['object_f1'] - b.loc[bf, 'object_f1']:+.2f} |"
+            )
+        lines += [
+            "",
+            f"U-Net pooled pixel IoU first falls below {config.stop_iou} at level: "
+            f"**{fail_level or 'not reached'}**.",
+            "",
+        ]
+    for metric in (
+        "pixel_iou",
+        "object_f1",
+        "centroid_error_px",
+        "boundary_p95_px",
+        "time_per_frame_s",
+    ):
+        lines += [
+            f"## {_METRIC_LABELS[metric]} by level",
+            "",
+            "| method | " + " | ".join(levels) + " |",
+            "|---|" + "---|" * len(levels),
+        ]
         for m in methods:
             d = sim[sim["method"] == m].set_index("level")
             nd = 3 if metric == "time_per_frame_s" else 2
-            lines.append(f"| {m} | " + " | ".join(
-                _fmt(d[metric].get(lv), nd) for lv in levels) + " |")
+            lines.append(
+                f"| {m} | " + " | ".join(_fmt(d[metric].get(lv), nd) for lv in levels) + " |"
+            )
         lines.append("")
     real = df[df["level"] == "real"]
     if len(real):
-        lines += ["## Labelled folders (real data)", "",
-                  "| dataset | method | pixel IoU | Dice | object P | object R | object F1 | "
-                  "detection P | detection R | predicted | listed | s/frame |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Labelled folders (real data)",
+            "",
+            "| dataset | method | pixel IoU | Dice | object P | object R | object F1 | "
+            "detection P | detection R | predicted | listed | s/frame |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in real.iterrows():
             lines.append(
                 f"| {r['dataset']} | {r['method']} | {_fmt(r['pixel_iou'])} | {_fmt(r['dice'])} | "
                 f"{_fmt(r['object_precision'])} | {_fmt(r['object_recall'])} | "
                 f"{_fmt(r['object_f1'])} | {_fmt(r['detection_precision'])} | "
                 f"{_fmt(r['detection_recall'])} | {_fmt(r['n_pred'], 0)} | {_fmt(r['n_true'], 0)} | "
-                f"{_fmt(r['time_per_frame_s'], 3)} |")
+                f"{_fmt(r['time_per_frame_s'], 3)} |"
+            )
         lines.append("")
     lines += ["## Tuned baseline settings (lengths in particle diameters)", ""]
     for m, p in tuned.items():
         lines.append(f"- **{m}**: " + ", ".join(f"{k}={v}" for k, v in p.items()))
-    lines += ["", f"Model: `{config.model}`; {config.frames_per_set} frames of "
-              f"{config.image_size_px} px per shape and level; size hint: {config.size_hint}; "
-              f"run time {elapsed_s:.0f} s.", ""]
+    lines += [
+        "",
+        f"Model: `{config.model}`; {config.frames_per_set} frames of "
+        f"{config.image_size_px} px per shape and level; size hint: {config.size_hint}; "
+        f"run time {elapsed_s:.0f} s.",
+        "",
+    ]
     path.write_text("\n".join(lines))

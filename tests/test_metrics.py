@@ -126,9 +126,7 @@ def _random_masks(seed: int):
 
 def test_score_real_objects_agrees_with_the_judge():
     if not SCORE_REAL.exists():
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(
-            f"{SCORE_REAL} is absent"
-        )
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"{SCORE_REAL} is absent")
     spec = importlib.util.spec_from_file_location("score_real", SCORE_REAL)
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None

@@ -158,7 +158,7 @@ def default_grid(method: str) -> list[dict[str, Any]]:
     grid = []
     for values in itertools.product(*(axes[k] for k in keys)):
         p = dict(base)
-        p.update(dict(zip(keys, values)))
+        p.update(dict(zip(keys, values, strict=False)))
         if method == "canny" and p["low_quantile"] >= p["high_quantile"]:
             continue
         grid.append(p)
@@ -177,8 +177,7 @@ def _resolve_params(method: str, params: dict[str, Any] | None) -> dict[str, Any
         unknown = set(params) - set(p)
         if unknown:
             raise InputError(
-                f"unknown `params` for method {method!r}: {sorted(unknown)}; "
-                f"known: {sorted(p)}"
+                f"unknown `params` for method {method!r}: {sorted(unknown)}; known: {sorted(p)}"
             )
         p.update(params)
     return p
@@ -223,8 +222,11 @@ def _finish(fg: np.ndarray, d: float, p: dict[str, Any], *, fill: bool = True) -
 def _global(f: np.ndarray, method: str) -> float:
     from skimage import filters
 
-    fn = {"otsu": filters.threshold_otsu, "li": filters.threshold_li,
-          "triangle": filters.threshold_triangle}[method]
+    fn: Any = {
+        "otsu": filters.threshold_otsu,
+        "li": filters.threshold_li,
+        "triangle": filters.threshold_triangle,
+    }[method]
     if not np.ptp(f) > 0:
         return math.inf
     return float(fn(f))
@@ -279,8 +281,14 @@ def rf_features(frame_bright: np.ndarray, d: float) -> np.ndarray:
     s_min = max(0.5, 0.04 * d)
     s_max = max(s_min * 1.01, 0.6 * d)
     feats = multiscale_basic_features(
-        frame_bright, intensity=True, edges=True, texture=True,
-        sigma_min=s_min, sigma_max=s_max, num_sigma=5, channel_axis=None,
+        frame_bright,
+        intensity=True,
+        edges=True,
+        texture=True,
+        sigma_min=s_min,
+        sigma_max=s_max,
+        num_sigma=5,
+        channel_axis=None,
     )
     flat = frame_bright - ndimage.gaussian_filter(frame_bright, 4 * d, mode="reflect")
     return np.concatenate([feats, flat[..., None]], axis=-1).astype(np.float32)
@@ -288,7 +296,7 @@ def rf_features(frame_bright: np.ndarray, d: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _rf_cached(key: tuple[Any, ...]) -> Any:
-    return _train_rf(dict(zip(_RF_TRAIN_KEYS, key)))
+    return _train_rf(dict(zip(_RF_TRAIN_KEYS, key, strict=False)))
 
 
 def train_random_forest(params: dict[str, Any] | None = None) -> Any:
@@ -323,19 +331,24 @@ def _train_rf(p: dict[str, Any]) -> Any:
         n = int(p["pixels_per_image"])
         fg_idx, bg_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
         n_fg = min(len(fg_idx), n // 2)
-        idx = np.concatenate([
-            rng.choice(fg_idx, n_fg, replace=False) if n_fg else np.zeros(0, int),
-            rng.choice(bg_idx, min(len(bg_idx), n - n_fg), replace=False),
-        ])
+        idx = np.concatenate(
+            [
+                rng.choice(fg_idx, n_fg, replace=False) if n_fg else np.zeros(0, int),
+                rng.choice(bg_idx, min(len(bg_idx), n - n_fg), replace=False),
+            ]
+        )
         xs.append(feats.reshape(-1, feats.shape[-1])[idx])
         ys.append(mask[idx])
     clf = RandomForestClassifier(
-        n_estimators=int(p["n_estimators"]), max_depth=int(p["max_depth"]),
-        random_state=int(p["rf_seed"]), n_jobs=1,
+        n_estimators=int(p["n_estimators"]),
+        max_depth=int(p["max_depth"]),
+        random_state=int(p["rf_seed"]),
+        n_jobs=1,
     )
     clf.fit(np.concatenate(xs), np.concatenate(ys))
-    logger.info("random forest trained on %d images in %.1f s", p["n_images"],
-                time.perf_counter() - t0)
+    logger.info(
+        "random forest trained on %d images in %.1f s", p["n_images"], time.perf_counter() - t0
+    )
     return clf
 
 
@@ -420,8 +433,13 @@ def segment_frame(
     from skimage.morphology import disk
 
     f2 = _preprocess(f, d, {**p, "sigma_rel": 0.0})
-    edges = canny(f2, sigma=max(0.5, p["sigma_rel"] * d), low_threshold=p["low_quantile"],
-                  high_threshold=p["high_quantile"], use_quantiles=True)
+    edges = canny(
+        f2,
+        sigma=max(0.5, p["sigma_rel"] * d),
+        low_threshold=p["low_quantile"],
+        high_threshold=p["high_quantile"],
+        use_quantiles=True,
+    )
     r = max(1, int(round(p["closing_rel"] * d)))
     closed = ndimage.binary_closing(edges, structure=disk(r), border_value=0)
     # edges decide the outlines, intensity the inside: the regions the closed
@@ -437,14 +455,42 @@ def segment_frame(
     return _finish(filled, d, p)
 
 
+def _check_video(video: Any) -> xr.DataArray:
+    if not isinstance(video, xr.DataArray):
+        raise InputError(
+            f"`video` must be an xarray.DataArray with dims ('frame', 'y', 'x'), got "
+            f"{type(video).__name__}; wrap an array with lptem_dask.from_array(array, "
+            "pixel_size_nm=..., frame_interval_s=...)"
+        )
+    if video.dims != ("frame", "y", "x"):
+        raise InputError(
+            f"`video` must have dims ('frame', 'y', 'x'), got {video.dims}; rename or "
+            "transpose it, e.g. video.rename(t='frame')"
+        )
+    if video.dtype.kind not in "biuf":
+        raise InputError(f"`video` must hold real numbers, got dtype {video.dtype}")
+    return video
+
+
 def _segment_block(
-    block: np.ndarray, clf: Any, *, method: str, params: dict[str, Any], polarity: str,
+    block: np.ndarray,
+    clf: Any,
+    *,
+    method: str,
+    params: dict[str, Any],
+    polarity: str,
     particle_size_px: float | None,
 ) -> np.ndarray:
     out = np.zeros(block.shape, np.int32)
     for i in range(block.shape[0]):
-        out[i] = segment_frame(block[i], method=method, params=params, polarity=polarity,
-                               particle_size_px=particle_size_px, classifier=clf)
+        out[i] = segment_frame(
+            block[i],
+            method=method,
+            params=params,
+            polarity=polarity,
+            particle_size_px=particle_size_px,
+            classifier=clf,
+        )
     return out
 
 
@@ -488,8 +534,6 @@ def segment_baseline(
     >>> int(lab.max()), int((lab[0] > 0).sum())
     (1, 400)
     """
-    from .infer import _check_video
-
     video = _check_video(video)
     check_polarity(polarity)
     p = _resolve_params(method, params)
@@ -497,8 +541,10 @@ def segment_baseline(
         math.isfinite(particle_size_px) and particle_size_px > 0
     ):
         raise InputError(f"`particle_size_px` must be a positive number, got {particle_size_px}")
-    data = video.data if isinstance(video.data, da.Array) else da.from_array(
-        video.values, chunks=(1, -1, -1)
+    data = (
+        video.data
+        if isinstance(video.data, da.Array)
+        else da.from_array(video.values, chunks=(1, -1, -1))
     )
     if data.numblocks[1:] != (1, 1):
         data = data.rechunk({1: -1, 2: -1})
@@ -511,18 +557,32 @@ def segment_baseline(
         data.name, method, sorted(p.items()), polarity, particle_size_px
     )
     out = da.map_blocks(
-        _segment_block, data, clf, method=method, params=p, polarity=polarity,
-        particle_size_px=particle_size_px, dtype=np.int32,
-        meta=np.empty((0, 0, 0), np.int32), name=name,
+        _segment_block,
+        data,
+        clf,
+        method=method,
+        params=p,
+        polarity=polarity,
+        particle_size_px=particle_size_px,
+        dtype=np.int32,
+        meta=np.empty((0, 0, 0), np.int32),
+        name=name,
     )
     coords = {k: v for k, v in video.coords.items()}
     attrs = {k: v for k, v in video.attrs.items() if k != "history"}
     from .._version import __version__
 
     history = list(video.attrs.get("history", []))
-    history.append({"step": "segment_baseline", "version": __version__, "method": method,
-                    "params": p, "polarity": polarity,
-                    "particle_size_px": "auto" if particle_size_px is None else particle_size_px})
+    history.append(
+        {
+            "step": "segment_baseline",
+            "version": __version__,
+            "method": method,
+            "params": p,
+            "polarity": polarity,
+            "particle_size_px": "auto" if particle_size_px is None else particle_size_px,
+        }
+    )
     attrs.update({"history": history, "method": method, "units": "1"})
     return xr.DataArray(out, dims=("frame", "y", "x"), coords=coords, attrs=attrs, name="labels")
 
@@ -576,19 +636,23 @@ def tune_baseline(
         raise InputError("`grid` is empty")
     if labels is None:
         truth = [
-            np.asarray(m) if np.asarray(m).dtype.kind in "iu" and np.asarray(m).max() > 1
+            np.asarray(m)
+            if np.asarray(m).dtype.kind in "iu" and np.asarray(m).max() > 1
             else ndimage.label(np.asarray(m) > 0)[0]
             for m in masks
         ]
     else:
         truth = [np.asarray(x) for x in labels]
     sizes = (
-        list(particle_size_px) if isinstance(particle_size_px, Sequence)
+        list(particle_size_px)
+        if isinstance(particle_size_px, Sequence)
         else [particle_size_px] * len(images)
     )
     # estimate sizes once per frame, not once per setting
-    sizes = [s if s is not None else _size(np.asarray(im), polarity, None)
-             for s, im in zip(sizes, images)]
+    sizes = [
+        s if s is not None else _size(np.asarray(im), polarity, None)
+        for s, im in zip(sizes, images, strict=False)
+    ]
     frames = [np.asarray(im) for im in images]
     cache: dict[Any, Any] = {}
     rows = []
@@ -598,20 +662,32 @@ def tune_baseline(
         t0 = time.perf_counter()
         scores = [
             frame_scores(
-                segment_frame(f, method=method, params=p, polarity=polarity,
-                              particle_size_px=s, classifier=clf, _cache=cache),
+                segment_frame(
+                    f,
+                    method=method,
+                    params=p,
+                    polarity=polarity,
+                    particle_size_px=s,
+                    classifier=clf,
+                    _cache=cache,
+                ),
                 t,
             )
-            for f, s, t in zip(frames, sizes, truth)
+            for f, s, t in zip(frames, sizes, truth, strict=False)
         ]
         dt = (time.perf_counter() - t0) / len(frames)
         summ = summarize_scores(scores)
         row = {"setting": k, **{f"param.{a}": b for a, b in setting.items()}}
-        row.update(pixel_iou=summ["pixel_iou"], object_f1=summ["object_f1"],
-                   score=(summ["pixel_iou"] + summ["object_f1"]) / 2, time_per_frame_s=dt)
+        row.update(
+            pixel_iou=summ["pixel_iou"],
+            object_f1=summ["object_f1"],
+            score=(summ["pixel_iou"] + summ["object_f1"]) / 2,
+            time_per_frame_s=dt,
+        )
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["score", "setting"], ascending=[False, True],
-                                           kind="stable")
+    table = pd.DataFrame(rows).sort_values(
+        ["score", "setting"], ascending=[False, True], kind="stable"
+    )
     best = _resolve_params(method, settings[int(table.iloc[0]["setting"])])
     logger.info("tuned %s: score %.3f with %s", method, table.iloc[0]["score"], best)
     return best, table.reset_index(drop=True)
