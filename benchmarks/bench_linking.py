@@ -155,15 +155,16 @@ def _in_child(target, *args) -> dict:
     return out
 
 
-def bench_windowed(n_particles: int, n_frames: int, window_frames: int) -> dict:
+def bench_windowed(n_particles: int, n_frames: int, window_frames: int, whole: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.zarr"
         t0 = time.perf_counter()
         rows, spacing = _write_regions(store, n_particles, n_frames)
         write_s = time.perf_counter() - t0
         res = _in_child(_child_link, str(store), 0.6 * spacing, window_frames)
-        whole = _in_child(_child_whole, str(store), 0.6 * spacing)
-        res["whole_table_link"] = {k: whole[k] for k in ("wall_s", "peak_rss_mib")}
+        if whole:
+            w = _in_child(_child_whole, str(store), 0.6 * spacing)
+            res["whole_table_link"] = {k: w[k] for k in ("wall_s", "peak_rss_mib")}
         n_parts = len(list((store / "tables" / "tracks.parquet").glob("part.*.parquet")))
     res.update(
         rows=rows,
@@ -183,6 +184,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--frames",
+        type=int,
+        nargs="+",
+        default=None,
+        help="frames of each windowed run (1000 particles per frame); default 100 1000",
+    )
+    ap.add_argument("--no-whole", action="store_true", help="skip whole-table linking runs")
     args = ap.parse_args(argv)
     if args.quick:
         overhead = (100, 100)
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         window = 50
     else:
         overhead = (200, 500)
-        sizes = [(1000, 100), (1000, 1000)]
+        sizes = [(1000, f) for f in (args.frames or (100, 1000))]
         window = 100
     out: dict = {
         "benchmark": "bench_linking",
@@ -211,19 +220,25 @@ def main(argv: list[str] | None = None) -> dict:
     out["baseline_import_rss_mib"] = _in_child(_child_baseline)["peak_rss_mib"]
     out["windowed"] = []
     for n_p, n_f in sizes:
-        r = bench_windowed(n_p, n_f, window)
+        r = bench_windowed(n_p, n_f, window, whole=not args.no_whole)
+        whole_txt = (
+            f"; whole-table lp.link: {r['whole_table_link']['wall_s']:.1f} s, peak RSS "
+            f"{r['whole_table_link']['peak_rss_mib']:.0f} MiB"
+            if "whole_table_link" in r
+            else ""
+        )
         out["windowed"].append(r)
         print(
             f"   {r['rows']:>8} rows ({r['tracks_parts']} windows): {r['wall_s']:.1f} s, "
             f"{r['rows_per_s']:.0f} rows/s, peak RSS {r['peak_rss_mib']:.0f} MiB "
             f"(imports alone {out['baseline_import_rss_mib']:.0f} MiB; whole table would be "
-            f"{r['whole_table_mib']:.0f} MiB); whole-table lp.link: "
-            f"{r['whole_table_link']['wall_s']:.1f} s, peak RSS "
-            f"{r['whole_table_link']['peak_rss_mib']:.0f} MiB",
+            f"{r['whole_table_mib']:.0f} MiB){whole_txt}",
             flush=True,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_linking_quick.json" if args.quick else "bench_linking.json"
+    if args.frames and not args.quick:
+        name = "bench_linking_frames_" + "_".join(map(str, args.frames)) + ".json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))
     print(f"saved {RESULTS / name}")
     return out
