@@ -28,7 +28,19 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "verbose": False}
+
+
+def _quiet_dask_logs() -> None:
+    """Keep Dask's INFO chatter (worker start/stop) off the terminal unless --verbose."""
+    import distributed  # noqa: F401  (configures its loggers on import)
+
+    level = logging.INFO if _STATE["verbose"] else logging.WARNING
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(level)
+    if not _STATE["verbose"]:  # dask's size estimates of task arguments are harmless noise
+        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
 
 
 def _version_callback(value: bool) -> None:
@@ -55,6 +67,7 @@ def _root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
     )
+    _STATE["verbose"] = verbose
     _STATE["debug"] = debug
 
 
@@ -146,6 +159,7 @@ def run(
     from .pipeline import run_pipeline
 
     cfg = load_config(config, PipelineConfig)
+    _quiet_dask_logs()
     status = run_pipeline(cfg, config_path=config, overwrite=overwrite, progress=progress)
     typer.echo(status.drop(columns=["seconds"]).to_string(index=False))
     out_dir = Path(cfg.output_dir)
@@ -165,6 +179,26 @@ def report(
     from .report import write_report
 
     typer.echo(f"wrote {write_report(store, overwrite=overwrite)}")
+
+
+@app.command()
+def simulate(
+    config: Annotated[
+        str, typer.Argument(help="Preset name (prisms, rods, cubes, spheres, mixed) or YAML path.")
+    ],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")],
+    out: Annotated[Path, typer.Option("--out", help="Output Zarr store, e.g. train.zarr.")],
+    seed: Annotated[int, typer.Option(help="Seed; with the image index it fixes every image.")] = 0,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Images per chunk.")] = 8,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Simulate a training set of LPTEM images with exact ground truth into Zarr."""
+    from .simulate import write_training_set
+
+    path = write_training_set(
+        out, n, config, seed=seed, chunk_size=chunk_size, overwrite=overwrite, progress=True
+    )
+    typer.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -287,7 +287,8 @@ def _chunk_outputs_exist(store: Path, stage: str, chunk: int, map_vars: Sequence
     if stage == "labels":
         return _zarr_chunk_exists(store, LABELS_ARRAY, chunk)
     if stage == "regions":
-        return (table_path(store, "regions") / f"part-{chunk:06d}.parquet").exists()
+        listed = _marker(store, stage, chunk).read_text().split()[1:]
+        return bool(listed) and all((store / p).exists() for p in listed)
     raise ValueError(stage)  # pragma: no cover
 
 
@@ -342,7 +343,8 @@ def plan_video(
         todo = []
         for i in range(len(chunks)):
             marker = _marker(store, stage, i)
-            ok = marker.exists() and marker.read_text().strip() == hashes[stage]
+            text = marker.read_text().split() if marker.exists() else []
+            ok = bool(text) and text[0] == hashes[stage]
             if ok and not _chunk_outputs_exist(store, stage, i, map_vars):
                 logger.warning("%s: chunk %d of stage %s is missing; recomputing", store, i, stage)
                 marker.unlink()
@@ -452,9 +454,13 @@ def _write_region(store: Path, name: str, a: int, values: np.ndarray) -> None:
     arr[a : a + values.shape[0]] = values
 
 
-def _finish_chunk(store: Path, stage: str, chunk: int, stage_hash: str) -> None:
+def _finish_chunk(
+    store: Path, stage: str, chunk: int, stage_hash: str, outputs: Sequence[Path] = ()
+) -> None:
+    """Log the computation and drop the chunk's marker: its stage hash, then its files."""
     _log_compute(store, stage, chunk)
-    _write_text_atomic(_marker(store, stage, chunk), stage_hash)
+    lines = [stage_hash, *(str(Path(p).resolve().relative_to(store.resolve())) for p in outputs)]
+    _write_text_atomic(_marker(store, stage, chunk), "\n".join(lines) + "\n")
 
 
 def task_image(
@@ -515,16 +521,18 @@ def task_regions(
 
     ds = _open_chunk(Path(store), a, b).load()
     video = ds[IMAGE]
-    labels = ds[LABELS]
+    labels = ds[LABELS].assign_attrs(
+        {k: video.attrs[k] for k in ("pixel_size_nm", "frame_interval_s") if k in video.attrs}
+    )
     prob = ds["probability"] if "probability" in ds else None
     table = measure_regions(labels, video, probability=prob).compute(scheduler="synchronous")
-    write_table_part(table, Path(store), "regions", chunk)
+    outputs = [write_table_part(table, Path(store), "regions", chunk)]
     if kwargs.get("contours", True):
-        contours = measure_contours(labels, spacing_px=kwargs.get("contour_spacing_px", 1.0))
-        if hasattr(contours, "compute"):
-            contours = contours.compute(scheduler="synchronous")
-        write_table_part(contours, Path(store), "contours", chunk)
-    _finish_chunk(Path(store), "regions", chunk, stage_hash)
+        contours = measure_contours(
+            labels, probability=prob, spacing_px=kwargs.get("contour_spacing_px", 1.0)
+        ).compute(scheduler="synchronous")
+        outputs.append(write_table_part(contours, Path(store), "contours", chunk))
+    _finish_chunk(Path(store), "regions", chunk, stage_hash, outputs)
     return chunk
 
 
