@@ -392,7 +392,7 @@ def link(
         tracks = df.assign(particle=np.zeros(0, np.int64))
     else:
         tracks = trackpy.link(df, search_range_nm, **kw)
-        if drift == "tracks":
+        if isinstance(drift, str) and drift == "tracks":
             for _ in range(drift_iterations):
                 d = tracks_drift(tracks, frames)
                 df = _with_drift(df.drop(columns=["drift_y_nm", "drift_x_nm"]), d)

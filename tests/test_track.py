@@ -202,6 +202,9 @@ def test_drift_from_tracks_is_recovered_and_helps_linking():
     assert wrong_link_fraction(plain)[0] > 2 * wrong
     # positions stay as measured
     np.testing.assert_allclose(np.sort(tracks.y_nm.to_numpy()), np.sort(table.y_nm.to_numpy()))
+    # a precomputed drift table gives the same tracks
+    again = link(table, search_range_nm=0.6 * spacing, drift=d, memory=0)
+    pd.testing.assert_frame_equal(again, tracks)
     # tracks_drift equals trackpy.compute_drift where trackpy defines it
     td = tracks_drift(tracks)
     tp = trackpy.compute_drift(tracks, pos_columns=["y_nm", "x_nm"])
