@@ -10,6 +10,7 @@ import pytest
 import scipy.io
 import trackpy
 import xarray as xr
+from conftest import shared_data
 
 from lptem_dask.analysis.diffusion import (
     bootstrap_diffusion,
@@ -25,16 +26,22 @@ from lptem_dask.analysis.diffusion import (
 from lptem_dask.errors import InputError, StoreError
 from lptem_dask.simulate.dynamics import simulate_trajectories
 
-from conftest import shared_data
-
 D, DR, DT, TE = 2000.0, 0.5, 0.1, 0.05  # nm^2/s, rad^2/s, s, s: RMS step 28 nm, blur matters
 
 
 def _noisy(seed: int, *, sigma_nm=6.0, sigma_deg=2.0, n_frames=150, n_particles=20, **kw):
     t = simulate_trajectories(
-        "brownian", seed=seed, n_frames=n_frames, n_particles=n_particles, diffusion_nm2_s=D,
-        rotational_diffusion_rad2_s=DR, frame_interval_s=DT, exposure_s=TE, size_nm=30.0,
-        image_size_px=600, **kw,
+        "brownian",
+        seed=seed,
+        n_frames=n_frames,
+        n_particles=n_particles,
+        diffusion_nm2_s=D,
+        rotational_diffusion_rad2_s=DR,
+        frame_interval_s=DT,
+        exposure_s=TE,
+        size_nm=30.0,
+        image_size_px=600,
+        **kw,
     )
     rng = np.random.default_rng(100 + seed)
     for c in ("y_unwrapped_nm", "x_unwrapped_nm"):
@@ -46,10 +53,14 @@ def _noisy(seed: int, *, sigma_nm=6.0, sigma_deg=2.0, n_frames=150, n_particles=
 def test_ensemble_msd_matches_trackpy():
     t = _noisy(0, n_frames=40, n_particles=6)
     m = ensemble_msd(t, frame_interval_s=DT, max_lag=10)
-    e = trackpy.emsd(t, mpp=1.0, fps=1 / DT, max_lagtime=10, pos_columns=["x_unwrapped_nm", "y_unwrapped_nm"])
+    e = trackpy.emsd(
+        t, mpp=1.0, fps=1 / DT, max_lagtime=10, pos_columns=["x_unwrapped_nm", "y_unwrapped_nm"]
+    )
     np.testing.assert_allclose(m["msd"].to_numpy(), e.to_numpy(), rtol=1e-10)
     t = t[~((t.particle == 2) & t.frame.between(10, 14))]  # a gap: per-particle MSDs still agree
-    i = trackpy.imsd(t, mpp=1.0, fps=1 / DT, max_lagtime=10, pos_columns=["x_unwrapped_nm", "y_unwrapped_nm"])
+    i = trackpy.imsd(
+        t, mpp=1.0, fps=1 / DT, max_lagtime=10, pos_columns=["x_unwrapped_nm", "y_unwrapped_nm"]
+    )
     p = particle_msd(t, frame_interval_s=DT, max_lag=10)
     np.testing.assert_allclose(p[2].to_numpy(), i[2].to_numpy(), rtol=1e-10)
 
@@ -79,8 +90,12 @@ def test_blur_correction_is_needed_for_sigma_and_single_lag_D():
 
 
 def test_bootstrap_ci_covers_truth_and_shrinks():
-    small = bootstrap_diffusion(_noisy(5, n_particles=5), frame_interval_s=DT, exposure_s=TE, n_boot=200)
-    big = bootstrap_diffusion(_noisy(5, n_particles=40), frame_interval_s=DT, exposure_s=TE, n_boot=200)
+    small = bootstrap_diffusion(
+        _noisy(5, n_particles=5), frame_interval_s=DT, exposure_s=TE, n_boot=200
+    )
+    big = bootstrap_diffusion(
+        _noisy(5, n_particles=40), frame_interval_s=DT, exposure_s=TE, n_boot=200
+    )
     for f in (small, big):
         assert f.ci_low < D < f.ci_high
     assert (big.ci_high - big.ci_low) < 0.6 * (small.ci_high - small.ci_low)
@@ -89,8 +104,12 @@ def test_bootstrap_ci_covers_truth_and_shrinks():
 @pytest.mark.parametrize("mode", ["constant", "per_frame"])
 def test_drift_correction(mode):
     t = _noisy(6, drift_x_nm_s=400.0, drift_y_nm_s=-300.0, n_particles=30)
-    raw = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, drift="none", n_boot=0, max_lag=30)[0]
-    s = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, drift=mode, n_boot=0, max_lag=30)[0]
+    raw = diffusion_analysis(
+        t, frame_interval_s=DT, exposure_s=TE, drift="none", n_boot=0, max_lag=30
+    )[0]
+    s = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, drift=mode, n_boot=0, max_lag=30)[
+        0
+    ]
     assert raw["translation"]["D"] > 1.1 * D
     # per_frame subtraction removes 1/N of the independent motion too
     expect = D * (1 - 1 / 30) if mode == "per_frame" else D
@@ -105,12 +124,46 @@ def test_van_hove_and_non_gaussian_parameter():
     np.testing.assert_allclose(vh["density"].sum("displacement") * dx, 1.0, rtol=1e-6)
     # a mixture of slow and fast particles is not Gaussian
     fast = simulate_trajectories(
-        "brownian", seed=8, n_frames=150, n_particles=30, diffusion_nm2_s=20 * D, image_size_px=600,
+        "brownian",
+        seed=8,
+        n_frames=150,
+        n_particles=30,
+        diffusion_nm2_s=20 * D,
+        image_size_px=600,
         size_nm=30.0,
     )
     fast["particle"] += 1000
     mix = pd.concat([t, fast], ignore_index=True)
     assert non_gaussian_parameter(mix, lags=(1,))[0] > 0.5
+
+
+def test_field_of_view_edge_correction():
+    """Only displacements with both ends in the field are seen: long ones are lost, the MSD is
+    biased low; the Horvitz-Thompson weights H W / gamma(d) remove that bias."""
+    bias, fixed = [], []
+    m, n_px, ps = 100, 300, 2.09  # a 100 px window in the middle of a 300 px periodic box
+    for seed in range(6):
+        t = simulate_trajectories(
+            "brownian",
+            seed=seed,
+            n_frames=200,
+            n_particles=60,
+            diffusion_nm2_s=2000.0,
+            image_size_px=n_px,
+            size_nm=10.0,
+        )
+        kw = dict(frame_interval_s=DT, drift="none", n_boot=0)
+        full = diffusion_analysis(t, **kw)[0]["translation"]["D"]
+        inner = t[t.y.between(m - 0.5, n_px - m - 0.5) & t.x.between(m - 0.5, n_px - m - 0.5)]
+        win = (m * ps, m * ps, (n_px - 2 * m) * ps, (n_px - 2 * m) * ps)
+        bias.append(diffusion_analysis(inner, **kw)[0]["translation"]["D"] / full - 1)
+        fixed.append(
+            diffusion_analysis(inner, window_nm=win, **kw)[0]["translation"]["D"] / full - 1
+        )
+    assert np.mean(bias) < -0.04, bias  # steps of 28 nm in a 209 nm field: clearly biased
+    assert abs(np.mean(fixed)) < 0.02, fixed
+    with pytest.raises(InputError):
+        ensemble_msd(inner, frame_interval_s=DT, window_nm=(0, 0, -1, 10))
 
 
 def test_errors():
@@ -175,9 +228,17 @@ def test_real_lattice_msd_plateaus(name):
     assert _late_slope(t) < 0.4
     # control: free Brownian particles with the same counts give a slope near 1
     n, T = t.particle.nunique(), t.frame.nunique()
-    free = simulate_trajectories("brownian", n_frames=T, n_particles=n, seed=1, image_size_px=2000, size_nm=5.0)
-    assert _late_slope(free.drop(columns=["y_unwrapped_nm", "x_unwrapped_nm"]).assign(
-        y_nm=free.y_unwrapped_nm, x_nm=free.x_unwrapped_nm)) > 0.8
+    free = simulate_trajectories(
+        "brownian", n_frames=T, n_particles=n, seed=1, image_size_px=2000, size_nm=5.0
+    )
+    assert (
+        _late_slope(
+            free.drop(columns=["y_unwrapped_nm", "x_unwrapped_nm"]).assign(
+                y_nm=free.y_unwrapped_nm, x_nm=free.x_unwrapped_nm
+            )
+        )
+        > 0.8
+    )
 
 
 def test_real_lattice_short_cube_video_runs():
@@ -207,8 +268,20 @@ def _pipeline_D(video, labels, *, exposure_s: float) -> tuple[float, float]:
     med = tab["area_px"].median()
     tab = tab[tab["area_px"].between(0.7 * med, 1.3 * med) & (tab["solidity"] > 0.85)]
     tracks = link(tab, search_range_nm=30.0, memory=1, symmetry_deg=120)
+    # centres of particles that do not touch the border lie in the image shrunk by about
+    # half a particle: the field of view for the edge correction of the MSD
+    ps = video.attrs["pixel_size_nm"]
+    half = (
+        0.5 * ps * np.median(np.concatenate([tab.bbox_y1 - tab.bbox_y0, tab.bbox_x1 - tab.bbox_x0]))
+    )
+    H, W = video.sizes["y"] * ps - 2 * half, video.sizes["x"] * ps - 2 * half
     s, _ = diffusion_analysis(
-        tracks, frame_interval_s=video.attrs["frame_interval_s"], exposure_s=exposure_s, drift="none", n_boot=50
+        tracks,
+        frame_interval_s=video.attrs["frame_interval_s"],
+        exposure_s=exposure_s,
+        drift="none",
+        n_boot=50,
+        window_nm=(half, half, H, W),
     )
     return s["translation"]["D"], s["rotation"]["D"]
 
@@ -223,7 +296,9 @@ def _otsu_labels(video):
         sm = ndimage.gaussian_filter(a[k], 2.0)
         m = ndimage.binary_opening(sm < threshold_otsu(sm), iterations=2)
         lab[k] = ndimage.label(m)[0]
-    return xr.DataArray(lab, dims=video.dims, coords=video.coords, attrs=video.attrs).chunk({"frame": 50})
+    return xr.DataArray(lab, dims=video.dims, coords=video.coords, attrs=video.attrs).chunk(
+        {"frame": 50}
+    )
 
 
 @pytest.mark.slow

@@ -37,8 +37,15 @@ def test_brownian_increments_have_the_right_variance():
     """Exposure-averaged positions: Var(step) = 2 D (dt - t_E/3) per axis (Savin & Doyle)."""
     D, Dr, dt, te = 1500.0, 0.8, 0.1, 0.06
     t = simulate_trajectories(
-        "brownian", n_frames=400, n_particles=50, seed=2, diffusion_nm2_s=D,
-        rotational_diffusion_rad2_s=Dr, frame_interval_s=dt, exposure_s=te, motion_substeps=64,
+        "brownian",
+        n_frames=400,
+        n_particles=50,
+        seed=2,
+        diffusion_nm2_s=D,
+        rotational_diffusion_rad2_s=Dr,
+        frame_interval_s=dt,
+        exposure_s=te,
+        motion_substeps=64,
         image_size_px=2000,
     ).sort_values(["particle", "frame"])
     dx = t.groupby("particle")["x_unwrapped_nm"].diff().dropna().to_numpy()
@@ -52,13 +59,24 @@ def test_brownian_increments_have_the_right_variance():
 
 def test_drift_and_reflecting_boundary():
     t = simulate_trajectories(
-        "brownian", n_frames=50, n_particles=20, seed=1, diffusion_nm2_s=10.0, drift_x_nm_s=100.0,
+        "brownian",
+        n_frames=50,
+        n_particles=20,
+        seed=1,
+        diffusion_nm2_s=10.0,
+        drift_x_nm_s=100.0,
         image_size_px=1000,
     )
     v = t.groupby("particle").apply(lambda g: np.polyfit(g.time_s, g.x_unwrapped_nm, 1)[0])
     assert abs(v.mean() - 100.0) < 5.0
     r = simulate_trajectories(
-        "brownian", n_frames=200, n_particles=5, seed=1, diffusion_nm2_s=1e5, boundary="reflecting", size_nm=10.0,
+        "brownian",
+        n_frames=200,
+        n_particles=5,
+        seed=1,
+        diffusion_nm2_s=1e5,
+        boundary="reflecting",
+        size_nm=10.0,
         image_size_px=64,
     )
     box = 64 * 2.09
@@ -96,7 +114,9 @@ def test_potential_is_anisotropic_and_pmf_well():
 
 def _min_image_density(r: np.ndarray, L: float, c) -> np.ndarray:
     """Density of the minimum-image distance of two particles in a periodic L x L box."""
-    ell = np.where(r <= L / 2, 2 * np.pi * r, r * (2 * np.pi - 8 * np.arccos(np.minimum(L / (2 * r), 1))))
+    ell = np.where(
+        r <= L / 2, 2 * np.pi * r, r * (2 * np.pi - 8 * np.arccos(np.minimum(L / (2 * r), 1)))
+    )
     return ell * np.exp(-radial_pmf_kT(r, config=c))
 
 
@@ -107,7 +127,11 @@ def test_metropolis_samples_boltzmann_distribution():
     and a sampler at the wrong temperature (U/2) must be caught.
     """
     c = DynamicsConfig(
-        kind="interacting", n_particles=2, image_size_px=110, well_depth_kT=6.0, mc_step_nm=12,
+        kind="interacting",
+        n_particles=2,
+        image_size_px=110,
+        well_depth_kT=6.0,
+        mc_step_nm=12,
         mc_rotation_deg=25,
     )
     R, L = 1200, c.box_nm
@@ -128,13 +152,21 @@ def test_metropolis_samples_boltzmann_distribution():
     def expected(cfg):
         dens = _min_image_density(rr, L, cfg)
         z = np.trapezoid(dens, rr)
-        return np.array(
-            [np.trapezoid(dens[(rr >= a) & (rr < b)], rr[(rr >= a) & (rr < b)]) for a, b in zip(edges[:-1], edges[1:])]
-        ) / z
+        return (
+            np.array(
+                [
+                    np.trapezoid(dens[(rr >= a) & (rr < b)], rr[(rr >= a) & (rr < b)])
+                    for a, b in zip(edges[:-1], edges[1:], strict=False)
+                ]
+            )
+            / z
+        )
 
     z = (m - expected(c)) / np.maximum(se, 1e-12)
     assert np.all(np.abs(z) < 4.5), z
-    hot = c.model_copy(update={"well_depth_kT": 3.0, "core_strength_kT": 0.5, "tip_repulsion_kT": 1.0})
+    hot = c.model_copy(
+        update={"well_depth_kT": 3.0, "core_strength_kT": 0.5, "tip_repulsion_kT": 1.0}
+    )
     assert np.max(np.abs((m - expected(hot)) / np.maximum(se, 1e-12))) > 10
     # direction of the partner in the body frame within the well: edge normals (60 deg mod 120)
     alpha = np.arctan2(-d[..., 0], d[..., 1])

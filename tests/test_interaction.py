@@ -51,7 +51,12 @@ def test_ideal_pair_density_matches_monte_carlo():
     h = np.histogram(r, bins=edges)[0] / r.size
     x = np.linspace(0, np.hypot(W, H), 4001)
     p = ideal_pair_density(x, width_nm=W, height_nm=H)
-    expected = np.array([np.trapezoid(p[(x >= lo) & (x <= hi)], x[(x >= lo) & (x <= hi)]) for lo, hi in zip(edges[:-1], edges[1:])])
+    expected = np.array(
+        [
+            np.trapezoid(p[(x >= lo) & (x <= hi)], x[(x >= lo) & (x <= hi)])
+            for lo, hi in zip(edges[:-1], edges[1:], strict=False)
+        ]
+    )
     se = np.sqrt(expected / r.size)
     assert np.all(np.abs(h - expected) < 5 * se + 1e-6)
     # continuity where the closed form hands over to the quadrature
@@ -91,15 +96,26 @@ def _pmf_run(n_replicas: int, n_frames: int, seed: int):
     tr["snapshot"] = tr["replica"] * n_frames + tr["frame"]
     L, tail = c.box_nm, (125.0, 145.0)
     rad = radial_distribution(
-        tr, window_nm=(0, 0, L, L), r_max_nm=150.0, bin_nm=1.0, tail_range_nm=tail,
-        block_frames=n_frames, n_boot=100, frame_column="snapshot", seed=seed,
+        tr,
+        window_nm=(0, 0, L, L),
+        r_max_nm=150.0,
+        bin_nm=1.0,
+        tail_range_nm=tail,
+        block_frames=n_frames,
+        n_boot=100,
+        frame_column="snapshot",
+        seed=seed,
     )
     well = well_estimate(rad, search_range_nm=(55.0, 100.0), tail_range_nm=tail)
     r = np.linspace(55, 100, 4501)
     w = radial_pmf_kT(r, config=c)
     truth_depth = float(radial_pmf_kT(np.linspace(*tail, 41), config=c).mean() - w.min())
     land = body_frame_landscape(
-        tr, window_nm=(0, 0, L, L), extent_nm=120.0, bin_nm=6.0, frame_column="snapshot",
+        tr,
+        window_nm=(0, 0, L, L),
+        extent_nm=120.0,
+        bin_nm=6.0,
+        frame_column="snapshot",
         orientation_column="orientation_deg",
     )
     return well, truth_depth, float(r[np.argmin(w)]), land
@@ -152,8 +168,12 @@ def _lattice(name: str):
     pos = scipy.io.loadmat(shared_data(f"real/lptem-lattice-trajectories/{name}.mat"))["pos"]
     n, _, T = pos.shape
     t = pd.DataFrame(
-        {"particle": np.repeat(np.arange(n), T), "frame": np.tile(np.arange(T), n),
-         "x_nm": pos[:, 0, :].ravel(), "y_nm": pos[:, 1, :].ravel()}
+        {
+            "particle": np.repeat(np.arange(n), T),
+            "frame": np.tile(np.arange(T), n),
+            "x_nm": pos[:, 0, :].ravel(),
+            "y_nm": pos[:, 1, :].ravel(),
+        }
     )
     d = np.concatenate([cKDTree(pos[:, :, k]).query(pos[:, :, k], k=7)[0][:, 1:] for k in range(T)])
     return t, d

@@ -38,7 +38,9 @@ def plot_msd(data: xr.Dataset, summary: dict[str, Any], path: str | Path) -> Pat
             model = 2 * n * D * (tau - te / 3) + 2 * n * s2
             lo, hi = fit.get("ci_low"), fit.get("ci_high")
             ci = f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
-            ax.loglog(tau, np.where(model > 0, model, np.nan), "-", label=f"D = {D:.3g}{ci} {dunit}")
+            ax.loglog(
+                tau, np.where(model > 0, model, np.nan), "-", label=f"D = {D:.3g}{ci} {dunit}"
+            )
         ax.set_xlabel("lag time (s)")
         ax.set_ylabel(f"MSD ({unit})")
         ax.set_title(key)
@@ -56,12 +58,20 @@ def plot_van_hove(data: xr.Dataset, path: str | Path) -> Path:
     x = data["displacement"].values
     for i, lag in enumerate(data["vh_lag"].values):
         (line,) = ax.semilogy(
-            x, data["van_hove"].values[i], "o", ms=3, label=f"lag {lag} fr, α2={data['alpha2'].values[i]:.2f}"
+            x,
+            data["van_hove"].values[i],
+            "o",
+            ms=3,
+            label=f"lag {lag} fr, α2={data['alpha2'].values[i]:.2f}",
         )
         ax.semilogy(x, data["van_hove_gaussian"].values[i], "-", color=line.get_color(), lw=1)
     ax.set_xlabel("displacement along an axis (nm)")
     ax.set_ylabel("probability density (1/nm)")
-    ax.set_ylim(bottom=max(1e-7, np.nanmin(np.where(data["van_hove"].values > 0, data["van_hove"].values, np.nan))))
+    ax.set_ylim(
+        bottom=max(
+            1e-7, np.nanmin(np.where(data["van_hove"].values > 0, data["van_hove"].values, np.nan))
+        )
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -78,13 +88,17 @@ def plot_pmf(data: xr.Dataset, summary: dict[str, Any], path: str | Path, *, tru
     a1.axhline(1.0, color="0.5", lw=0.8)
     a1.set_xlabel("centre distance r (nm)")
     a1.set_ylabel("g(r)")
-    a2.errorbar(r, data["pmf"].values, yerr=data["pmf_err"].values, fmt="o", ms=2, lw=0.8, label="measured")
+    a2.errorbar(
+        r, data["pmf"].values, yerr=data["pmf_err"].values, fmt="o", ms=2, lw=0.8, label="measured"
+    )
     if truth is not None:
         a2.plot(truth[0], truth[1], "-", lw=1, label="truth")
     w = summary.get("well", {})
     if w.get("position_nm") is not None:
         a2.axvline(w["position_nm"], color="0.6", ls="--", lw=0.8)
-        a2.set_title(f"well {w['depth_kT']:.2f} ± {w.get('depth_err_kT') or 0:.2f} kT at {w['position_nm']:.1f} nm")
+        a2.set_title(
+            f"well {w['depth_kT']:.2f} ± {w.get('depth_err_kT') or 0:.2f} kT at {w['position_nm']:.1f} nm"
+        )
     a2.axhline(0.0, color="0.5", lw=0.8)
     a2.set_xlabel("centre distance r (nm)")
     a2.set_ylabel("U(r) (kT)")

@@ -96,21 +96,39 @@ def displacement_array(
     return out, p, np.arange(f0, f1 + 1)
 
 
-def msd_sums(values: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def msd_sums(
+    values: np.ndarray, max_lag: int, *, window_nm: tuple[float, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-particle sums of squared displacements, fourth powers and counts per lag.
 
     Parameters
     ----------
     values : ndarray (particle, frame, dim)
     max_lag : int
+    window_nm : (y0, x0, height, width), optional
+        Field of view in which positions were observed (2-D positions only).
+        A displacement ``d`` is observed only when both of its ends lie in the
+        window, which for uniformly spread particles happens with probability
+        ``gamma(d) / (H W)``, ``gamma(d) = (W - |d_x|)(H - |d_y|)``: long
+        displacements are under-represented and the MSD is biased low. Each
+        displacement is weighted by ``H W / gamma(d)`` (Horvitz-Thompson), which
+        removes that bias.
 
     Returns
     -------
-    s2, s4, n : ndarrays (particle, lag) for lags 1..max_lag: sum of |dr|^2,
-        sum of |dr|^4, and the number of displacements.
+    s2, s4, n : ndarrays (particle, lag) for lags 1..max_lag: (weighted) sum of
+        |dr|^2, sum of |dr|^4, and the (weighted) number of displacements.
     """
-    P, T, _ = values.shape
+    P, T, dim = values.shape
     L = max(0, min(int(max_lag), T - 1))
+    if window_nm is not None:
+        if dim != 2:
+            raise InputError(f"`window_nm` needs 2-D positions (y, x), got {dim} column(s)")
+        H, W = float(window_nm[2]), float(window_nm[3])
+        if H <= 0 or W <= 0:
+            raise InputError(
+                f"`window_nm` must be (y0, x0, height, width) with sizes > 0, got {window_nm}"
+            )
     s2 = np.zeros((P, L))
     s4 = np.zeros((P, L))
     n = np.zeros((P, L))
@@ -118,10 +136,17 @@ def msd_sums(values: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray, 
         d = values[:, k:, :] - values[:, :-k, :]
         r2 = np.sum(d * d, axis=-1)
         ok = np.isfinite(r2)
-        r2 = np.where(ok, r2, 0.0)
-        s2[:, k - 1] = r2.sum(axis=1)
-        s4[:, k - 1] = (r2 * r2).sum(axis=1)
-        n[:, k - 1] = ok.sum(axis=1)
+        w = ok.astype(np.float64)
+        if window_nm is not None:
+            with np.errstate(invalid="ignore"):
+                gam = np.maximum(W - np.abs(d[..., 1]), 0.0) * np.maximum(
+                    H - np.abs(d[..., 0]), 0.0
+                )
+                w = np.where(ok & (gam > 0), H * W / np.where(gam > 0, gam, 1.0), 0.0)
+        r2 = np.where(w > 0, r2, 0.0)
+        s2[:, k - 1] = (w * r2).sum(axis=1)
+        s4[:, k - 1] = (w * r2 * r2).sum(axis=1)
+        n[:, k - 1] = w.sum(axis=1)
     return s2, s4, n
 
 
@@ -151,6 +176,7 @@ def ensemble_msd(
     max_lag: int = 100,
     kind: str = "translation",
     columns: list[str] | None = None,
+    window_nm: tuple[float, float, float, float] | None = None,
 ) -> pd.DataFrame:
     """Ensemble MSD: all displacements of all particles pooled per lag.
 
@@ -172,15 +198,18 @@ def ensemble_msd(
     kind : {"translation", "rotation"}
     columns : list of str, optional
         Override the position columns.
+    window_nm : (y0, x0, height, width), optional
+        Field of view (nm): corrects translation for displacements lost at its
+        edges (see :func:`msd_sums`); ignored for rotation.
 
     Returns
     -------
     pandas.DataFrame
         Index ``lag`` (frames); columns ``lag_s``, ``msd`` (nm² or rad²),
-        ``n`` (displacements), ``msd4`` (mean |dr|^4).
+        ``n`` (displacements, weighted), ``msd4`` (mean |dr|^4).
     """
     v, _, _, _ = _values(tracks, kind, columns)
-    s2, s4, n = msd_sums(v, max_lag)
+    s2, s4, n = msd_sums(v, max_lag, window_nm=window_nm if kind == "translation" else None)
     tot = n.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         msd = s2.sum(axis=0) / tot
@@ -251,7 +280,10 @@ class DiffusionFit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def _fit_line(
@@ -324,7 +356,9 @@ def fit_diffusion(
     if exposure_s < 0 or (np.isfinite(dt) and exposure_s > dt * (1 + 1e-9)):
         raise InputError(f"`exposure_s` must lie in [0, frame interval {dt}], got {exposure_s}")
     n = m["n"].to_numpy(float)
-    D, s2 = _fit_line(lag_s, m["msd"].to_numpy(float), _fit_weights(n, m.index.to_numpy(float)), n_dim, exposure_s)
+    D, s2 = _fit_line(
+        lag_s, m["msd"].to_numpy(float), _fit_weights(n, m.index.to_numpy(float)), n_dim, exposure_s
+    )
     return DiffusionFit(
         D=D,
         sigma=float(np.sqrt(s2)) if s2 >= 0 else float("nan"),
@@ -348,6 +382,7 @@ def bootstrap_diffusion(
     ci_level: float = 0.95,
     seed: int = 0,
     columns: list[str] | None = None,
+    window_nm: tuple[float, float, float, float] | None = None,
 ) -> DiffusionFit:
     """Fit ``D`` on the ensemble MSD, with a bootstrap confidence interval over particles.
 
@@ -366,6 +401,9 @@ def bootstrap_diffusion(
     ci_level : float
         e.g. 0.95 for the 2.5-97.5 percentile interval.
     seed : int
+    columns : list of str, optional
+    window_nm : (y0, x0, height, width), optional
+        Field-of-view edge correction of translation (:func:`msd_sums`).
 
     Returns
     -------
@@ -376,12 +414,12 @@ def bootstrap_diffusion(
         raise InputError(f"`ci_level` must lie in (0, 1), got {ci_level}")
     n_dim = 2 if kind == "translation" else 1
     v, p, _, _ = _values(tracks, kind, columns)
-    s2, _, n = msd_sums(v, fit_lags)
+    s2, _, n = msd_sums(v, fit_lags, window_nm=window_nm if kind == "translation" else None)
     lag = np.arange(1, s2.shape[1] + 1)
     if lag.size < 2:
         raise InputError(f"need at least 3 frames to fit diffusion, got {v.shape[1]}")
 
-    def fit(idx: np.ndarray | None) -> float:
+    def fit(idx: Any) -> float:
         a, c = (s2, n) if idx is None else (s2[idx], n[idx])
         tot = c.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -389,7 +427,11 @@ def bootstrap_diffusion(
         return _fit_line(lag * frame_interval_s, msd, _fit_weights(tot, lag), n_dim, exposure_s)[0]
 
     m = pd.DataFrame(
-        {"lag_s": lag * frame_interval_s, "msd": s2.sum(0) / np.maximum(n.sum(0), 1), "n": n.sum(0)},
+        {
+            "lag_s": lag * frame_interval_s,
+            "msd": s2.sum(0) / np.maximum(n.sum(0), 1),
+            "n": n.sum(0),
+        },
         index=pd.Index(lag, name="lag"),
     )
     base = fit_diffusion(m, n_dim=n_dim, exposure_s=exposure_s, fit_lags=fit_lags)
@@ -398,7 +440,9 @@ def bootstrap_diffusion(
     boots = np.array([fit(rng.integers(0, P, P)) for _ in range(n_boot)]) if P > 1 else np.array([])
     boots = boots[np.isfinite(boots)]
     lo, hi = (
-        np.quantile(boots, [(1 - ci_level) / 2, (1 + ci_level) / 2]) if boots.size else (np.nan, np.nan)
+        np.quantile(boots, [(1 - ci_level) / 2, (1 + ci_level) / 2])
+        if boots.size
+        else (np.nan, np.nan)
     )
     return DiffusionFit(
         **{
@@ -407,7 +451,10 @@ def bootstrap_diffusion(
             "ci_high": float(hi),
             "ci_level": ci_level,
             "n_particles": int(P),
-            "extra": {"D_boot_std": float(boots.std()) if boots.size else float("nan"), "n_boot": n_boot},
+            "extra": {
+                "D_boot_std": float(boots.std()) if boots.size else float("nan"),
+                "n_boot": n_boot,
+            },
         }
     )
 
@@ -450,7 +497,11 @@ def correct_drift(
     if mode == "constant":
         v, _, frames = displacement_array(tracks, cols)
         d = v[:, 1:, :] - v[:, :-1, :]
-        vel = np.nanmean(d.reshape(-1, len(cols)), axis=0) if np.isfinite(d).any() else np.zeros(len(cols))
+        vel = (
+            np.nanmean(d.reshape(-1, len(cols)), axis=0)
+            if np.isfinite(d).any()
+            else np.zeros(len(cols))
+        )
         shift = (tracks["frame"].to_numpy() - frames[0])[:, None] * vel[None, :]
         out[cols] = tracks[cols].to_numpy(float) - shift
         out.attrs["drift"] = {"velocity_per_frame": dict(zip(cols, map(float, vel), strict=True))}
@@ -561,6 +612,7 @@ def diffusion_analysis(
     rotation: bool | None = None,
     van_hove_lags: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
+    window_nm: tuple[float, float, float, float] | None = None,
 ) -> tuple[dict[str, Any], xr.Dataset]:
     """The whole diffusion analysis of one tracks table.
 
@@ -578,6 +630,12 @@ def diffusion_analysis(
         Analyse rotation; default when ``orientation_unwrapped_deg`` has data.
     van_hove_lags : tuple of int
     seed : int
+    window_nm : (y0, x0, height, width), optional
+        Field of view (nm) in which the tracks were observed. Displacements
+        that leave it are never observed, which biases the MSD low by a few
+        per cent for steps of a few per cent of the field; given the window,
+        each displacement is re-weighted to remove that bias (:func:`msd_sums`).
+        The van Hove distributions are not re-weighted.
 
     Returns
     -------
@@ -588,14 +646,21 @@ def diffusion_analysis(
         ``msd`` (lag) nm², ``msd_rot`` (lag) rad², ``n`` and van Hove variables.
     """
     t = correct_drift(tracks, mode=drift)
-    msd = ensemble_msd(t, frame_interval_s=frame_interval_s, max_lag=max_lag)
+    msd = ensemble_msd(t, frame_interval_s=frame_interval_s, max_lag=max_lag, window_nm=window_nm)
     tr = bootstrap_diffusion(
-        t, frame_interval_s=frame_interval_s, exposure_s=exposure_s, fit_lags=fit_lags, n_boot=n_boot, seed=seed
+        t,
+        window_nm=window_nm,
+        frame_interval_s=frame_interval_s,
+        exposure_s=exposure_s,
+        fit_lags=fit_lags,
+        n_boot=n_boot,
+        seed=seed,
     )
     summary: dict[str, Any] = {
         "frame_interval_s": frame_interval_s,
         "exposure_s": exposure_s,
         "drift": drift,
+        "window_nm": list(window_nm) if window_nm is not None else None,
         "n_particles": int(t["particle"].nunique()),
         "n_frames": int(t["frame"].nunique()),
         "translation": {**tr.to_dict(), "units": {"D": "nm^2/s", "sigma": "nm"}},
@@ -611,7 +676,9 @@ def diffusion_analysis(
             "lag_s": ("lag", msd["lag_s"].to_numpy(), {"units": "s"}),
         },
     )
-    has_rot = "orientation_unwrapped_deg" in t.columns and t["orientation_unwrapped_deg"].notna().any()
+    has_rot = (
+        "orientation_unwrapped_deg" in t.columns and t["orientation_unwrapped_deg"].notna().any()
+    )
     if rotation is None:
         rotation = bool(has_rot)
     if rotation:
@@ -633,13 +700,19 @@ def diffusion_analysis(
     if lags:
         vh = van_hove(t, lags=lags)
         data["van_hove"] = (("vh_lag", "displacement"), vh["density"].values, {"units": "1/nm"})
-        data["van_hove_gaussian"] = (("vh_lag", "displacement"), vh["gaussian"].values, {"units": "1/nm"})
+        data["van_hove_gaussian"] = (
+            ("vh_lag", "displacement"),
+            vh["gaussian"].values,
+            {"units": "1/nm"},
+        )
         data = data.assign_coords(
             vh_lag=("vh_lag", vh.lag.values.astype(np.int32), {"units": "frame"}),
             displacement=("displacement", vh.displacement.values, {"units": "nm"}),
         )
         data["alpha2"] = ("vh_lag", vh["alpha2"].values, {"units": "1"})
-        summary["alpha2"] = {int(k): float(a) for k, a in zip(vh.lag.values, vh["alpha2"].values, strict=True)}
+        summary["alpha2"] = {
+            int(k): float(a) for k, a in zip(vh.lag.values, vh["alpha2"].values, strict=True)
+        }
     data.attrs.update(frame_interval_s=frame_interval_s, exposure_s=exposure_s, drift=drift)
     return summary, data
 
@@ -681,6 +754,7 @@ def run_diffusion(
     frame_interval_s: float | None = None,
     exposure_s: float = 0.0,
     drift: DriftMode = "constant",
+    window_nm: tuple[float, float, float, float] | str | None = "store",
     fit_lags: int = 4,
     max_lag: int = 50,
     n_boot: int = 300,
@@ -703,6 +777,9 @@ def run_diffusion(
         Exposure per frame for the motion-blur correction, s (0: none).
     drift, fit_lags, max_lag, n_boot
         See :func:`diffusion_analysis`.
+    window_nm : (y0, x0, height, width), "store" or None
+        Field-of-view edge correction: "store" uses the extent of the store's
+        calibrated image (none when it has no image); None switches it off.
     overwrite : bool
         Replace an existing result.
     figures : bool
@@ -716,11 +793,18 @@ def run_diffusion(
 
     tracks = read_tracks(store)
     dt = _frame_interval(tracks, frame_interval_s)
+    if isinstance(window_nm, str):
+        if window_nm != "store":
+            raise InputError(f"`window_nm` must be a 4-tuple, 'store' or None, got {window_nm!r}")
+        from .interaction import _store_window
+
+        window_nm = _store_window(Path(store))
     summary, data = diffusion_analysis(
         tracks,
         frame_interval_s=dt,
         exposure_s=exposure_s,
         drift=drift,
+        window_nm=window_nm,
         fit_lags=fit_lags,
         max_lag=max_lag,
         n_boot=n_boot,

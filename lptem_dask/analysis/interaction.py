@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import InputError
+from ..errors import InputError, LptemError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- ideal gas
-def set_covariance(dy: np.ndarray, dx: np.ndarray, *, width_nm: float, height_nm: float) -> np.ndarray:
+def set_covariance(
+    dy: np.ndarray, dx: np.ndarray, *, width_nm: float, height_nm: float
+) -> np.ndarray:
     """Area (nm²) of the window intersected with itself shifted by ``(dy, dx)``."""
     return np.maximum(width_nm - np.abs(dx), 0.0) * np.maximum(height_nm - np.abs(dy), 0.0)
 
@@ -143,10 +145,17 @@ def _window(tracks: pd.DataFrame, window_nm) -> tuple[float, float, float, float
     if window_nm is not None:
         y0, x0, H, W = (float(v) for v in window_nm)
         if H <= 0 or W <= 0:
-            raise InputError(f"`window_nm` must be (y0, x0, height, width) with sizes > 0, got {window_nm}")
+            raise InputError(
+                f"`window_nm` must be (y0, x0, height, width) with sizes > 0, got {window_nm}"
+            )
         return y0, x0, H, W
     y, x = tracks["y_nm"].to_numpy(float), tracks["x_nm"].to_numpy(float)
-    return float(np.nanmin(y)), float(np.nanmin(x)), float(np.nanmax(y) - np.nanmin(y)), float(np.nanmax(x) - np.nanmin(x))
+    return (
+        float(np.nanmin(y)),
+        float(np.nanmin(x)),
+        float(np.nanmax(y) - np.nanmin(y)),
+        float(np.nanmax(x) - np.nanmin(x)),
+    )
 
 
 def _inside(v: np.ndarray, win) -> np.ndarray:
@@ -158,7 +167,9 @@ def _blocks(n_frames: int, block_frames: int) -> np.ndarray:
     return np.arange(n_frames) // max(int(block_frames), 1)
 
 
-def _pmf_from(counts: np.ndarray, expected: np.ndarray, tail: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _pmf_from(
+    counts: np.ndarray, expected: np.ndarray, tail: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         g = counts / expected
         if tail is not None and tail.any():
@@ -271,7 +282,10 @@ def radial_distribution(
             "g_boot": (("boot", "r"), gb, {"units": "1"}),
             "pmf_boot": (("boot", "r"), pmfb, {"units": "kT"}),
         },
-        coords={"r": ("r", centres, {"units": "nm"}), "r_edge_low": ("r", edges[:-1], {"units": "nm"})},
+        coords={
+            "r": ("r", centres, {"units": "nm"}),
+            "r_edge_low": ("r", edges[:-1], {"units": "nm"}),
+        },
         attrs={
             "window_nm": [y0, x0, H, W],
             "n_frames": int(len(frames)),
@@ -330,7 +344,12 @@ def well_estimate(
         return _well(r, p, ref, search)
 
     depth, pos = one(pmf["pmf"].values)
-    boots = np.array([one(p) for p in pmf["pmf_boot"].values]) if pmf.sizes.get("boot", 0) else np.zeros((0, 2))
+    boots = (
+        np.array([one(p) for p in pmf["pmf_boot"].values])
+        if pmf.sizes.get("boot", 0)
+        else np.zeros((0, 2))
+    )
+
     def _std(x):
         x = x[np.isfinite(x)]
         return float(x.std()) if x.size > 1 else None
@@ -412,7 +431,9 @@ def body_frame_landscape(
     """
     if symmetry_deg <= 0:
         raise InputError(f"`symmetry_deg` must be > 0, got {symmetry_deg}")
-    vals, frames = frame_arrays(tracks, columns=("y_nm", "x_nm", orientation_column), frame_column=frame_column)
+    vals, frames = frame_arrays(
+        tracks, columns=("y_nm", "x_nm", orientation_column), frame_column=frame_column
+    )
     win = _window(tracks, window_nm)
     y0, x0, H, W = win
     inside = _inside(vals, win) & np.isfinite(vals[..., 2])
@@ -423,13 +444,13 @@ def body_frame_landscape(
     nbin = centres.size
     counts = np.zeros((nbin, nbin))
     P = vals.shape[1]
-    I, J = np.nonzero(~np.eye(P, dtype=bool))
-    chunk = max(1, 2_000_000 // max(I.size, 1))
+    ii, jj = np.nonzero(~np.eye(P, dtype=bool))
+    chunk = max(1, 2_000_000 // max(ii.size, 1))
     for a in range(0, len(frames), chunk):
         v = vals[a : a + chunk]
-        dy = v[:, J, 0] - v[:, I, 0]
-        dx = v[:, J, 1] - v[:, I, 1]
-        th = np.deg2rad(np.mod(v[:, I, 2], symmetry_deg))
+        dy = v[:, jj, 0] - v[:, ii, 0]
+        dx = v[:, jj, 1] - v[:, ii, 1]
+        th = np.deg2rad(np.mod(v[:, ii, 2], symmetry_deg))
         ok = np.isfinite(dy) & np.isfinite(th)
         alpha = np.arctan2(-dy[ok], dx[ok])
         r = np.hypot(dy[ok], dx[ok])
@@ -463,7 +484,11 @@ def body_frame_landscape(
             "free_energy": (("u", "v"), F, {"units": "kT"}),
         },
         coords={"u": ("u", centres, {"units": "nm"}), "v": ("v", centres, {"units": "nm"})},
-        attrs={"symmetry_deg": float(symmetry_deg), "window_nm": [y0, x0, H, W], "n_frames": int(len(frames))},
+        attrs={
+            "symmetry_deg": float(symmetry_deg),
+            "window_nm": [y0, x0, H, W],
+            "n_frames": int(len(frames)),
+        },
     )
 
 
@@ -493,7 +518,9 @@ def landscape_minimum(landscape: xr.Dataset, *, min_counts: float = 5.0) -> dict
     }
 
 
-def angular_profile(landscape: xr.Dataset, *, r_range_nm: tuple[float, float], n_bins: int = 24) -> xr.Dataset:
+def angular_profile(
+    landscape: xr.Dataset, *, r_range_nm: tuple[float, float], n_bins: int = 24
+) -> xr.Dataset:
     """g and free energy versus body-frame angle within a shell, folded modulo the symmetry."""
     sym = float(landscape.attrs.get("symmetry_deg", 360.0))
     U, V = np.meshgrid(landscape.u.values, landscape.v.values, indexing="ij")
@@ -510,7 +537,6 @@ def angular_profile(landscape: xr.Dataset, *, r_range_nm: tuple[float, float], n
         {"g": ("angle", g), "free_energy": ("angle", F, {"units": "kT"}), "counts": ("angle", c)},
         coords={"angle": ("angle", 0.5 * (edges[1:] + edges[:-1]), {"units": "deg"})},
     )
-
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -590,20 +616,21 @@ def interaction_analysis(
 
 
 def _store_window(store: Path) -> tuple[float, float, float, float] | None:
-    try:
-        import zarr
+    """(0, 0, height, width) nm of the store's image, or None without a calibrated image."""
+    from ..results import open_arrays
 
-        arr = zarr.open_array(str(store / "image"), mode="r")
-        ps = arr.attrs.get("pixel_size_nm")
-        if ps is None:
-            grp = zarr.open_group(str(store), mode="r")
-            ps = (grp.attrs.get("lptem") or {}).get("pixel_size_nm")
-        if ps is None:
-            return None
-        ny, nx = arr.shape[-2:]
-        return (0.0, 0.0, ny * float(ps), nx * float(ps))
-    except Exception:  # noqa: BLE001 - no image or no calibration: fall back to the data
+    try:
+        ds = open_arrays(store)
+    except LptemError:
         return None
+    for name in ("image", "labels", "probability"):
+        if name in ds:
+            da_ = ds[name]
+            ps = da_.attrs.get("pixel_size_nm")
+            if ps is None or da_.attrs.get("pixel_size_known") is False:
+                return None
+            return (0.0, 0.0, da_.sizes["y"] * float(ps), da_.sizes["x"] * float(ps))
+    return None
 
 
 def run_interaction(
@@ -642,7 +669,9 @@ def run_interaction(
         tail_range_nm=tail_range_nm,
         n_boot=n_boot,
     )
-    summary["window_source"] = "given" if window_nm is not None else ("store image" if win else "positions")
+    summary["window_source"] = (
+        "given" if window_nm is not None else ("store image" if win else "positions")
+    )
     final = store / RESULTS / "interaction"
     with atomic_path(final, overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)

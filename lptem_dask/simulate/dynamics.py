@@ -118,7 +118,9 @@ class DynamicsConfig(StageConfig):
     motion_substeps: int = Field(default=32, ge=1, le=4096, description="path samples/exposure")
     boundary: Literal["periodic", "reflecting"] = "periodic"
     min_separation_nm: float | None = Field(
-        default=None, ge=0, description="initial placement; default size_nm (brownian), core (interacting)"
+        default=None,
+        ge=0,
+        description="initial placement; default size_nm (brownian), core (interacting)",
     )
     # brownian
     diffusion_nm2_s: float = Field(default=2000.0, ge=0, description="translational D")
@@ -706,7 +708,7 @@ def _frame_particles(
             "label": np.arange(1, n + 1, dtype=np.int32),
         }
     )
-    df["path"] = [path_px[:, k, :] for k in range(n)]
+    df["path"] = pd.Series([path_px[:, k, :] for k in range(n)], dtype=object)
     return df
 
 
