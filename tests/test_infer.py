@@ -69,7 +69,9 @@ def net():
 
 
 def test_output_dtype_range_and_coords(frames, net):
-    v = video(frames, 2).assign_coords(frame=np.arange(5), y=np.arange(64) + 0.5, x=np.arange(64) + 0.5)
+    v = video(frames, 2).assign_coords(
+        frame=np.arange(5), y=np.arange(64) + 0.5, x=np.arange(64) + 0.5
+    )
     prob = predict_probability(v, model=net)
     assert prob.dtype == np.float32 and prob.dims == ("frame", "y", "x")
     assert prob.chunks == v.chunks
@@ -175,9 +177,12 @@ def test_module_reaches_each_worker_once(frames, net):
 
     arr = np.concatenate([frames, frames])  # 10 frames in 10 chunks
     expected = predict_probability(video(arr, 1), model=net).values
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         prob = predict_probability(video(arr, 1), model=net)
         out = client.compute(prob.data).result()
         counts = client.run(n_deserialised)

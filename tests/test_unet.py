@@ -15,7 +15,13 @@ def test_paper_preset_has_the_published_parameter_count():
 
 def test_paper_preset_topology():
     cfg = PRESETS["paper"]
-    assert (cfg.depth, cfg.base_width, cfg.norm, cfg.dropout, cfg.head_width) == (4, 64, "none", 0.5, 2)
+    assert (cfg.depth, cfg.base_width, cfg.norm, cfg.dropout, cfg.head_width) == (
+        4,
+        64,
+        "none",
+        0.5,
+        2,
+    )
     net = build_unet("paper")
     drops = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops == [0.5, 0.5]  # after the 512 and the 1024 blocks only
@@ -46,8 +52,14 @@ def test_default_alias_and_heads():
 @pytest.mark.parametrize("up_mode", ["upsample_conv2", "transpose"])
 def test_configurable_network_runs(norm, up_mode):
     net = build_unet(
-        {"depth": 2, "base_width": 4, "norm": norm, "up_mode": up_mode, "dropout": 0.2,
-         "heads": ["probability", "boundary", "distance"]}
+        {
+            "depth": 2,
+            "base_width": 4,
+            "norm": norm,
+            "up_mode": up_mode,
+            "dropout": 0.2,
+            "heads": ["probability", "boundary", "distance"],
+        }
     ).eval()
     with torch.no_grad():
         out = net(torch.randn(1, 1, 32, 32))

@@ -21,7 +21,9 @@ __all__ = ["load_model", "default_model_paths", "DEFAULT_TRAIN_COMMAND"]
 
 _HERE = Path(__file__).resolve().parent
 
-DEFAULT_TRAIN_COMMAND = "lptem train configs/train/default.yaml --out lptem_dask/models --name default"
+DEFAULT_TRAIN_COMMAND = (
+    "lptem train configs/train/default.yaml --out lptem_dask/models --name default"
+)
 
 
 def default_model_paths() -> tuple[Path, Path]:

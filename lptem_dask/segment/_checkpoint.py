@@ -43,9 +43,7 @@ def state_to_bytes(module: nn.Module) -> bytes:
     """The module's state dict as safetensors bytes (float32, contiguous)."""
     from safetensors.torch import save
 
-    state = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()
-    }
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     return save(state)
 
 
@@ -174,7 +172,9 @@ def read_checkpoint(path: str | Path) -> tuple[UNet, dict[str, Any], str]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"model card {str(cpath)!r} is not valid JSON: {exc}") from None
     if not isinstance(card, dict) or "architecture" not in card:
-        raise ModelError(f"model card {str(cpath)!r} has no `architecture`; not an lptem checkpoint")
+        raise ModelError(
+            f"model card {str(cpath)!r} has no `architecture`; not an lptem checkpoint"
+        )
     blob, state = _read_weights(wpath)
     module = module_from_state(card["architecture"], state, repr(str(wpath)))
     module.eval()

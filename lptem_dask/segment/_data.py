@@ -22,6 +22,7 @@ whatever the number of loader workers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ._normalize import normalize_frame
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SimulatedSource",
@@ -96,6 +99,7 @@ class SimulatedSource:
         self.seed = int(seed)
         self.cache = cache
         self._items: dict[int, dict[str, np.ndarray]] = {}
+        self.failures: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return self.n
@@ -105,7 +109,25 @@ class SimulatedSource:
             return self._items[i]
         from ..simulate import simulate_one
 
-        out = simulate_one(int(i), self.config, seed=self.seed)
+        # a simulator failure on one index is logged and the image replaced by
+        # index i + n (then i + 2n, ...), deterministically; failures are counted
+        j = int(i)
+        for _ in range(5):
+            try:
+                out = simulate_one(j, self.config, seed=self.seed)
+                break
+            except Exception as exc:  # noqa: BLE001 - reported, never silent
+                logger.warning(
+                    "simulate_one(%d, seed=%d) failed (%s); using index %d",
+                    j,
+                    self.seed,
+                    exc,
+                    j + self.n,
+                )
+                self.failures.append((j, f"{type(exc).__name__}: {exc}"))
+                j += self.n
+        else:
+            raise InputError(f"the simulator failed 5 times from index {i} (seed {self.seed})")
         image = out["image"]
         if np.all(image == np.round(image)) and image.max() < 2048 and image.min() > -2048:
             image = image.astype(np.float16)  # exact for the quantised images; halves memory
@@ -127,7 +149,9 @@ class ZarrSource:
 
         p = Path(path)
         if not p.exists():
-            raise InputError(f"training set {str(p)!r} does not exist; write it with `lptem simulate`")
+            raise InputError(
+                f"training set {str(p)!r} does not exist; write it with `lptem simulate`"
+            )
         self.ds = xr.open_zarr(p, consolidated=False)
         for var in ("image", "mask"):
             if var not in self.ds:
@@ -229,8 +253,9 @@ def _resize_item(item: dict[str, np.ndarray], factor: float) -> dict[str, np.nda
     h, w = img.shape
     nh, nw = max(8, round(h * factor)), max(8, round(w * factor))
     t = torch.from_numpy(img)[None, None]
-    img2 = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False,
-                         antialias=factor < 1).numpy()[0, 0]
+    img2 = F.interpolate(
+        t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=factor < 1
+    ).numpy()[0, 0]
     yi = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
     xi = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
     labels = item["labels"][np.ix_(yi, xi)]
@@ -250,8 +275,9 @@ def _targets(item: dict[str, np.ndarray], heads: tuple[str, ...], dist_scale_px:
     return np.stack(out)
 
 
-def prepare_eval_item(item: dict[str, np.ndarray], heads: tuple[str, ...], multiple: int,
-                      dist_scale_px: float = 10.0):
+def prepare_eval_item(
+    item: dict[str, np.ndarray], heads: tuple[str, ...], multiple: int, dist_scale_px: float = 10.0
+):
     """Whole image normalised and padded to ``multiple`` + its targets (for validation)."""
     from ._tiling import pad_to_multiple
 

@@ -63,6 +63,8 @@ def maps_to_labels(
 ) -> np.ndarray:
     """Instances of one frame: seeds = probability > t and not boundary, grown by watershed.
 
+    A foreground component that holds no seed keeps one label.
+
     A light stand-in for ``postprocess.label_frames`` used while training.
     """
     fg = probability > threshold
@@ -71,8 +73,11 @@ def maps_to_labels(
     else:
         from skimage.segmentation import watershed
 
-        seeds, _ = ndimage.label(fg & (boundary < 0.5))
+        seeds, n_seeds = ndimage.label(fg & (boundary < 0.5))
         lab = watershed(boundary, seeds, mask=fg)
+        # foreground components without a seed keep one label each
+        rest, _ = ndimage.label(fg & (lab == 0))
+        lab = np.where(rest > 0, rest + n_seeds, lab)
     if min_area_px > 1 and lab.max() > 0:
         area = np.bincount(lab.ravel())
         small = area < min_area_px

@@ -87,12 +87,17 @@ class ModelSpec:
         if kind == "unet":
             import json
 
-            card["architecture"] = json.loads(module.config.model_dump_json())  # type: ignore[union-attr]
+            card["architecture"] = json.loads(module.config.model_dump_json())  # type: ignore[union-attr,operator]
         card["weights_sha256"] = sha
         return cls(kind, blob, card, sha)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"kind": self.kind, "payload": self.payload, "card": self.card, "sha256": self.sha256}
+        return {
+            "kind": self.kind,
+            "payload": self.payload,
+            "card": self.card,
+            "sha256": self.sha256,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         global _N_DESERIALISED
@@ -159,7 +164,7 @@ def get_cached_model(spec: ModelSpec, device: str | torch.device | None) -> Cach
             _set_threads()
             module = spec.build().to(dev)
             if dev.type == "cpu":
-                module = module.to(memory_format=torch.channels_last)
+                module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             entry = CachedModel(module, spec.card, dev, threading.Lock())
             _CACHE[key] = entry
     return entry

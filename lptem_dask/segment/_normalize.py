@@ -23,7 +23,7 @@ Polarity
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,7 +35,12 @@ Polarity = Literal["dark", "bright", "auto"]
 POLARITIES = ("dark", "bright", "auto")
 
 #: description stored in model cards
-NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.0, "clip": [-1.0, 2.0]}
+NORMALIZATION: dict[str, Any] = {
+    "method": "percentile",
+    "low": 1.0,
+    "high": 99.0,
+    "clip": [-1.0, 2.0],
+}
 
 
 def check_polarity(polarity: str) -> str:

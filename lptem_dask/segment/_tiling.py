@@ -43,7 +43,7 @@ def pad_to_multiple(frame: np.ndarray, multiple: int, min_size: int = 0) -> np.n
             mode = "edge"
             ph, pw = th - out.shape[-2], tw - out.shape[-1]
         pad = [(0, 0)] * (frame.ndim - 2) + [(0, ph), (0, pw)]
-        out = np.pad(out, pad, mode=mode)
+        out = np.pad(out, pad, mode=mode)  # type: ignore[call-overload]
     return out
 
 

@@ -203,9 +203,7 @@ def predict_block(
     jobs = [(f, i, j) for f in range(n) for (i, j) in tiles]
     for k in range(0, len(jobs), max(1, batch_size)):
         chunk = jobs[k : k + max(1, batch_size)]
-        batch = np.stack(
-            [padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk]
-        )
+        batch = np.stack([padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk])
         pred = _run_network(entry, batch, precision)
         for (f, i, j), p in zip(chunk, pred, strict=True):
             acc[f, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += p * np.outer(wy[i], wx[j])
@@ -337,12 +335,12 @@ def predict_maps(
     heads = list(spec.card.get("heads") or ["probability"])
     train_size = _train_size(spec.card)
     if particle_size_px is not None and train_size is None:
-        logger.warning(
-            "model card states no training particle size; `particle_size_px` is ignored"
-        )
+        logger.warning("model card states no training particle size; `particle_size_px` is ignored")
 
-    data = video.data if isinstance(video.data, da.Array) else da.from_array(
-        video.values, chunks=(1, -1, -1)
+    data = (
+        video.data
+        if isinstance(video.data, da.Array)
+        else da.from_array(video.values, chunks=(1, -1, -1))
     )
     if data.numblocks[1:] != (1, 1):
         data = data.rechunk({1: -1, 2: -1})
@@ -354,8 +352,9 @@ def predict_maps(
             sample, polarity, particle_size_px, train_size, dask_key_name=f"lptem-plan-{tok}"
         )
     else:
-        plan = _make_plan(None, "dark" if polarity == "auto" else polarity, particle_size_px,
-                          train_size)
+        plan = _make_plan(
+            None, "dark" if polarity == "auto" else polarity, particle_size_px, train_size
+        )
     spec_d = dask.delayed(spec, pure=True, name=f"lptem-model-{spec.sha256[:16]}")
 
     n_heads = len(heads)
@@ -385,7 +384,9 @@ def predict_maps(
     coords = {k: v for k, v in video.coords.items()}
     ds = xr.Dataset(
         {
-            name: xr.DataArray(out[:, i], dims=("frame", "y", "x"), coords=coords, attrs=dict(attrs))
+            name: xr.DataArray(
+                out[:, i], dims=("frame", "y", "x"), coords=coords, attrs=dict(attrs)
+            )
             for i, name in enumerate(heads)
         },
         attrs={k: v for k, v in video.attrs.items() if k != "history"},
@@ -394,8 +395,13 @@ def predict_maps(
     from .._version import __version__
 
     history.append(
-        {"step": "predict_maps", "version": __version__, "model_sha256": spec.sha256,
-         "polarity": polarity, "particle_size_px": attrs["particle_size_px"]}
+        {
+            "step": "predict_maps",
+            "version": __version__,
+            "model_sha256": spec.sha256,
+            "polarity": polarity,
+            "particle_size_px": attrs["particle_size_px"],
+        }
     )
     ds.attrs["history"] = history
     return ds

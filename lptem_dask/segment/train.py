@@ -39,7 +39,7 @@ from ._data import (
     _Subset,
     prepare_eval_item,
 )
-from ._metrics import match_counts, maps_to_labels, object_f1, pixel_counts
+from ._metrics import maps_to_labels, match_counts, object_f1, pixel_counts
 from ._normalize import NORMALIZATION
 from .unet import PRESETS, UNet, UNetConfig, build_unet, count_parameters
 
@@ -266,8 +266,9 @@ def evaluate_module(
     return out
 
 
-def _sources(config: TrainConfig, finetune: str | Path | None):
+def _sources(config: TrainConfig, finetune: str | Path | None) -> tuple[Any, Any, dict[str, Any]]:
     d = config.data
+    seeds: dict[str, Any]
     if finetune is not None:
         full = FolderSource(finetune)
         n = len(full)
@@ -275,14 +276,22 @@ def _sources(config: TrainConfig, finetune: str | Path | None):
         train_idx = [i for i in range(n) if i not in val_idx] if n >= 5 else list(range(n))
         if n < 5:
             logger.warning("fewer than 5 labelled frames: validating on the training frames")
-        seeds = {"finetune_folder": str(finetune), "train_stems": [full.stems[i] for i in train_idx],
-                 "val_stems": [full.stems[i] for i in val_idx]}
+        seeds = {
+            "finetune_folder": str(finetune),
+            "train_stems": [full.stems[i] for i in train_idx],
+            "val_stems": [full.stems[i] for i in val_idx],
+        }
         return _Subset(full, train_idx), _Subset(full, val_idx), seeds
     if d.source == "simulate":
         tr = SimulatedSource(d.simulation, d.n_train, seed=d.train_seed, cache=d.cache)
         va = SimulatedSource(d.simulation, d.n_val, seed=d.val_seed, cache=True)
-        seeds = {"simulation": d.simulation, "train_seed": d.train_seed, "n_train": d.n_train,
-                 "val_seed": d.val_seed, "n_val": d.n_val}
+        seeds = {
+            "simulation": d.simulation,
+            "train_seed": d.train_seed,
+            "n_train": d.n_train,
+            "val_seed": d.val_seed,
+            "n_val": d.n_val,
+        }
         return tr, va, seeds
     tr2, va2 = ZarrSource(d.train_path), ZarrSource(d.val_path)  # type: ignore[arg-type]
     seeds = {"train_path": d.train_path, "val_path": d.val_path}
@@ -394,7 +403,9 @@ def train(
         persistent_workers=config.num_workers > 0,
     )
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(1, config.patience // 3))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(1, config.patience // 3)
+    )
     use_amp = device.type == "cuda"
 
     t0 = time.perf_counter()
@@ -425,8 +436,9 @@ def train(
                 bar.set_postfix(loss=f"{run_loss / n_b:.4f}", refresh=False)
             if config.max_time_s and time.perf_counter() - t0 > config.max_time_s:
                 break
-        metrics = evaluate_module(module, val_src, cfg=config, device=device,
-                                  dist_scale_px=dist_scale)
+        metrics = evaluate_module(
+            module, val_src, cfg=config, device=device, dist_scale_px=dist_scale
+        )
         metrics["train_loss"] = run_loss / max(n_b, 1)
         metrics["epoch"] = epoch
         metrics["time_s"] = time.perf_counter() - t0
@@ -454,6 +466,10 @@ def train(
             break
     bar.close()
     elapsed = time.perf_counter() - t0
+    for src_name, src in (("train", train_src), ("val", val_src)):
+        fails = getattr(src, "failures", None)
+        if fails:
+            seeds[f"{src_name}_simulator_failures"] = fails
     if best_state is not None:
         module.load_state_dict(best_state)
     module.to("cpu").eval()
@@ -497,5 +513,6 @@ def train_command(
     Returns the path of the weights written.
     """
     config = load_config(config_path, TrainConfig)
-    return train(config, out_dir, name=name, finetune=finetune, overwrite=overwrite,
-                 progress=progress)
+    return train(
+        config, out_dir, name=name, finetune=finetune, overwrite=overwrite, progress=progress
+    )
