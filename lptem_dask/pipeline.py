@@ -17,9 +17,9 @@ Every stage's hash covers its own settings and the hash of the stage before, so
 changing a stage's configuration invalidates that stage and those after it, and
 never those before. ``overwrite=True`` is the only way to discard everything.
 
-The per-chunk logs ``.lptem/<stage>/compute.log`` record one line per chunk
-computed (stage, chunk, pid); tests use them to prove that completed chunks were
-not recomputed.
+The logs ``.lptem/compute-<stage>.log`` record one line per chunk computed
+(stage, chunk, pid, time), across invalidations; tests use them to prove that
+completed chunks were not recomputed.
 """
 
 from __future__ import annotations
@@ -195,8 +195,13 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _compute_log(store: Path, stage: str) -> Path:
+    # beside, not inside, the stage's folder: the log outlives invalidations
+    return aux_dir(store, STATE_DIR) / f"compute-{stage}.log"
+
+
 def _log_compute(store: Path, stage: str, chunk: int) -> None:
-    log = _state_dir(store, stage) / "compute.log"
+    log = _compute_log(store, stage)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:  # O_APPEND: one short line per write, never interleaved
         fh.write(f"{stage} {chunk} {os.getpid()} {time.time():.3f}\n")
@@ -204,7 +209,7 @@ def _log_compute(store: Path, stage: str, chunk: int) -> None:
 
 def read_compute_log(store: str | os.PathLike, stage: str) -> list[int]:
     """Chunk indices computed so far for ``stage`` (one entry per computation)."""
-    log = _state_dir(Path(store), stage) / "compute.log"
+    log = _compute_log(Path(store), stage)
     if not log.exists():
         return []
     return [int(line.split()[1]) for line in log.read_text().splitlines() if line.strip()]
@@ -358,6 +363,8 @@ def plan_video(
     # anything downstream of a chunk stage with work left is redone
     downstream_dirty = any(plan.todo[s] for s in CHUNK_STAGES)
     for stage in VIDEO_STAGES:
+        if stage == "report" and not config.report:
+            continue
         rec = _stage_record(store, stage)
         if downstream_dirty or not rec.get("complete") or rec.get("hash") != hashes[stage]:
             plan.video_todo.append(stage)
@@ -447,10 +454,31 @@ def _open_chunk(store: Path, a: int, b: int):
     return open_store_dataset(store).isel(frame=slice(a, b))
 
 
+FAULT_PAUSE_ENV = "LPTEM_FAULT_WRITE_PAUSE_S"
+
+
 def _write_region(store: Path, name: str, a: int, values: np.ndarray) -> None:
+    """Write frames ``a:a+len(values)`` (whole chunks) of the array ``name``.
+
+    Testing hook: with the environment variable ``LPTEM_FAULT_WRITE_PAUSE_S``
+    set, the first half of the frames is written, a sentinel file
+    ``.lptem/writing-NAME-A`` appears, and the write pauses that many seconds
+    before the second half, so that fault tests can kill a run in the middle of
+    a chunk write.
+    """
     import zarr
 
     arr = zarr.open_array(str(store / name), mode="r+")
+    pause = float(os.environ.get(FAULT_PAUSE_ENV, "0") or 0)
+    if pause > 0 and values.shape[0] > 1:
+        half = values.shape[0] // 2
+        arr[a : a + half] = values[:half]
+        sentinel = aux_dir(store, STATE_DIR) / f"writing-{name.replace('/', '_')}-{a}"
+        sentinel.touch()
+        time.sleep(pause)
+        arr[a + half : a + values.shape[0]] = values[half:]
+        sentinel.unlink(missing_ok=True)
+        return
     arr[a : a + values.shape[0]] = values
 
 

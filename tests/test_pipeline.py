@@ -1,0 +1,258 @@
+"""``lptem run``: every stage per chunk, resumable, invalidation by stage, faults survived."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+
+from lptem_dask.config import ClusterConfig, PipelineConfig, config_from_mapping
+from lptem_dask.pipeline import FAULT_PAUSE_ENV, STATE_DIR, read_compute_log, run_pipeline
+from lptem_dask.store import LABELS_ARRAY, open_store_dataset, table_path
+
+N_FRAMES, SIZE, PER_CHUNK = 12, 48, 4
+
+
+def _video(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    centres = rng.uniform(10, SIZE - 10, size=(3, 2))
+    frames = []
+    for _ in range(N_FRAMES):
+        centres += rng.normal(0, 0.7, size=centres.shape)
+        t = np.zeros((SIZE, SIZE))
+        for cy, cx in centres:
+            t += np.clip(25 - (yy - cy) ** 2 - (xx - cx) ** 2, 0, None) ** 0.5
+        frames.append(rng.poisson(1000 * np.exp(-t / 15)))
+    return np.asarray(frames, np.uint16)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    import torch
+
+    from lptem_dask.segment._checkpoint import save_checkpoint
+    from lptem_dask.segment.unet import UNetConfig, build_unet
+
+    root = tmp_path_factory.mktemp("pipeline_inputs")
+    for k in range(3):
+        tifffile.imwrite(root / f"movie{k}.tif", _video(k))
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(depth=2, base_width=4, norm="none"))
+    # a random tiny network: its maps are arbitrary but deterministic, which is all
+    # the bookkeeping tests need
+    save_checkpoint(model, {"name": "tiny-random-test-model"}, root / "tiny.safetensors")
+    return root
+
+
+def _config(inputs: Path, out: Path, **overrides) -> dict:
+    cfg = {
+        "videos": [str(inputs / "movie*.tif")],
+        "output_dir": str(out),
+        "pixel_size_nm": 2.0,
+        "frame_interval_s": 0.1,
+        "frames_per_chunk": PER_CHUNK,
+        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1, "dashboard_port": 0},
+        "segment": {"model": str(inputs / "tiny.safetensors"), "threshold": 0.5},
+        "link": {"search_range_nm": 10.0, "memory": 1, "min_length": 1},
+        "report": False,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def _snapshot(store: Path) -> dict[str, object]:
+    """Everything the run computed, in a form compared bit for bit."""
+    ds = open_store_dataset(store)
+    snap: dict[str, object] = {}
+    for name in sorted(ds.data_vars):
+        arr = np.ascontiguousarray(ds[name].values)
+        snap[name] = (arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest())
+    for table in ("regions", "contours", "tracks"):
+        path = table_path(store, table)
+        if path.exists():
+            df = pd.read_parquet(path)
+            keys = [c for c in ("frame", "label", "point") if c in df.columns]
+            snap[table] = df.sort_values(keys).reset_index(drop=True)
+    return snap
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
+        else:
+            assert a[key] == b[key], key
+
+
+def _counts(store: Path, stage: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for c in read_compute_log(store, stage):
+        out[c] = out.get(c, 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    from lptem_dask.cluster import make_client
+
+    with make_client(ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_port=0)) as c:
+        yield c
+
+
+def test_run_resume_and_invalidate(inputs: Path, tmp_path: Path, client):
+    out = tmp_path / "out"
+    cfg = config_from_mapping(PipelineConfig, _config(inputs, out))
+    status = run_pipeline(cfg, client=client, progress=False)
+    assert list(status["status"]) == ["done"] * 3
+    assert (out / "run_status.csv").exists()
+    store = out / "movie0.zarr"
+    ds = open_store_dataset(store)
+    assert set(ds.data_vars) >= {"image", "probability", "labels"}
+    np.testing.assert_array_equal(ds["image"].values, _video(0))
+    assert ds["labels"].dtype == np.int32
+    assert ds["image"].chunks[0] == (PER_CHUNK,) * (N_FRAMES // PER_CHUNK)
+    regions = pd.read_parquet(table_path(store, "regions"))
+    assert set(regions["frame"]) <= set(range(N_FRAMES))
+    assert "particle" in pd.read_parquet(table_path(store, "tracks")).columns
+    n_chunks = N_FRAMES // PER_CHUNK
+    for stage in ("image", "maps", "labels", "regions"):
+        assert _counts(store, stage) == dict.fromkeys(range(n_chunks), 1)
+    first = _snapshot(store)
+
+    # a rerun does nothing
+    status = run_pipeline(cfg, client=client, progress=False)
+    assert list(status["status"]) == ["skipped"] * 3
+    for stage in ("image", "maps", "labels", "regions"):
+        assert _counts(store, stage) == dict.fromkeys(range(n_chunks), 1)
+
+    # a changed linking setting redoes tracks only
+    cfg2 = config_from_mapping(PipelineConfig, _config(inputs, out, link={"search_range_nm": 8.0}))
+    status = run_pipeline(cfg2, client=client, progress=False)
+    assert list(status["status"]) == ["done"] * 3
+    for stage in ("image", "maps", "labels", "regions"):
+        assert _counts(store, stage) == dict.fromkeys(range(n_chunks), 1)
+
+    # a deleted chunk is detected and recomputed, alone
+    labels_chunk = store / LABELS_ARRAY / "c" / "1" / "0" / "0"
+    assert labels_chunk.exists()
+    labels_chunk.unlink()
+    status = run_pipeline(cfg2, client=client, progress=False)
+    assert status.set_index("store").loc[str(store), "status"] == "done"
+    assert _counts(store, "labels") == {0: 1, 1: 2, 2: 1}
+    assert _counts(store, "maps") == dict.fromkeys(range(n_chunks), 1)
+    again = _snapshot(store)
+    for key in ("image", "probability", "labels", "regions"):
+        if isinstance(first[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(first[key], again[key], check_exact=True)
+        else:
+            assert first[key] == again[key]
+
+    # a changed threshold redoes labels and what follows, never the U-Net maps
+    cfg3 = config_from_mapping(
+        PipelineConfig, _config(inputs, out, link={"search_range_nm": 8.0}, segment={"threshold": 0.6})
+    )
+    run_pipeline(cfg3, client=client, progress=False)
+    assert _counts(store, "maps") == dict.fromkeys(range(n_chunks), 1)
+    assert _counts(store, "labels") == {0: 2, 1: 3, 2: 2}
+    assert _counts(store, "regions") == {0: 2, 1: 2, 2: 2}
+
+
+def test_one_failing_video_does_not_stop_the_others(inputs: Path, tmp_path: Path, client):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00 this is not a real tiff")
+    cfg = _config(inputs, tmp_path / "out")
+    cfg["videos"] = [str(inputs / "movie0.tif"), str(bad)]
+    status = run_pipeline(config_from_mapping(PipelineConfig, cfg), client=client, progress=False)
+    by = status.set_index("video")
+    assert by.loc[str(inputs / "movie0.tif"), "status"] == "done"
+    assert by.loc[str(bad), "status"] == "failed"
+    assert "broken.tif" in by.loc[str(bad), "error"]
+
+
+def _lptem(config: Path, env: dict | None = None) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("lptem")
+    return subprocess.Popen(
+        [str(exe), "run", str(config), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes the workers too
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # pragma: no cover - it had finished
+        pass
+    proc.wait(timeout=60)
+
+
+def _markers(out: Path) -> set[tuple[str, str, int]]:
+    found = set()
+    for marker in out.glob(f"*.zarr/{STATE_DIR}/*/*.done"):
+        found.add((marker.parents[2].name, marker.parent.name, int(marker.stem)))
+    return found
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_bit_identical(inputs: Path, tmp_path: Path):
+    """SIGKILL `lptem run` at three random moments (one mid chunk write); rerun each time."""
+    ref_cfg = tmp_path / "ref.yaml"
+    ref_cfg.write_text(yaml.safe_dump(_config(inputs, tmp_path / "ref")))
+    t0 = time.time()
+    proc = _lptem(ref_cfg)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    t_ref = time.time() - t0
+
+    out = tmp_path / "killed"
+    cfg = tmp_path / "killed.yaml"
+    cfg.write_text(yaml.safe_dump(_config(inputs, out)))
+    rng = random.Random(20261125)
+    computed_before_kill: list[set] = []
+    for attempt in range(3):
+        if attempt == 1:
+            # in the middle of a chunk write: half of a chunk's frames are on disk
+            proc = _lptem(cfg, env={FAULT_PAUSE_ENV: "3"})
+            deadline = time.time() + 300
+            while not list(out.glob(f"*.zarr/{STATE_DIR}/writing-*")):
+                assert time.time() < deadline and proc.poll() is None, "no chunk write was caught"
+                time.sleep(0.05)
+        else:
+            proc = _lptem(cfg)
+            time.sleep(rng.uniform(0.3, 0.9) * t_ref)
+        _kill_group(proc)
+        computed_before_kill.append(_markers(out))
+    proc = _lptem(cfg)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode() if proc.stderr else ""
+
+    for video in ("movie0", "movie1", "movie2"):
+        _assert_same(_snapshot(tmp_path / "ref" / f"{video}.zarr"), _snapshot(out / f"{video}.zarr"))
+    # a chunk completed before a kill is never computed again
+    done_first = computed_before_kill[0]
+    assert done_first, "the first kill came before any chunk finished; raise the delay"
+    for store_name, stage, chunk in done_first:
+        counts = _counts(out / store_name, stage)
+        assert counts[chunk] == 1, (store_name, stage, chunk, counts)
+    # at most the chunks in flight at each kill (2 workers x 1 thread) were redone
+    for video in ("movie0", "movie1", "movie2"):
+        for stage in ("image", "maps", "labels", "regions"):
+            extra = sum(n - 1 for n in _counts(out / f"{video}.zarr", stage).values())
+            assert extra <= 2 * 3
