@@ -341,7 +341,7 @@ def fit_diffusion(
     --------
     >>> lag = np.arange(1, 6)
     >>> m = pd.DataFrame({"lag_s": 0.1 * lag, "msd": 4 * 50.0 * (0.1 * lag - 0.02) + 4 * 9.0,
-    ...                   "n": 100.0})
+    ...                   "n": 100.0}, index=lag)
     >>> f = fit_diffusion(m, n_dim=2, exposure_s=0.06)
     >>> round(f.D, 6), round(f.sigma, 6)
     (50.0, 3.0)
@@ -352,6 +352,11 @@ def fit_diffusion(
         raise InputError(f"`fit_lags` must be >= 2, got {fit_lags}")
     m = msd.iloc[:fit_lags]
     lag_s = m["lag_s"].to_numpy(float)
+    if len(m) and not (np.issubdtype(m.index.dtype, np.number) and float(m.index[0]) >= 1):
+        raise InputError(
+            "`msd` must be indexed by the lag in frames (1, 2, ...), as ensemble_msd returns it; "
+            f"got index starting at {m.index[0]!r}"
+        )
     dt = float(lag_s[0]) / float(m.index[0]) if len(m) else float("nan")
     if exposure_s < 0 or (np.isfinite(dt) and exposure_s > dt * (1 + 1e-9)):
         raise InputError(f"`exposure_s` must lie in [0, frame interval {dt}], got {exposure_s}")

@@ -655,7 +655,7 @@ def simulate_trajectories(
     Examples
     --------
     >>> t = simulate_trajectories("brownian", n_frames=5, n_particles=3, seed=1)
-    >>> t.shape[0], sorted(t.particle.unique())
+    >>> t.shape[0], t.particle.unique().tolist()
     (15, [0, 1, 2])
     """
     c = _resolve(config, overrides, kind)
