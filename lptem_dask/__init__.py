@@ -34,6 +34,7 @@ _API = {
     "simulate_images": "lptem_dask.simulate",
     "simulate_video": "lptem_dask.simulate.dynamics",
     "make_client": "lptem_dask.cluster",
+    "label_events": "lptem_dask.events",
     "load_config": "lptem_dask.config",
 }
 

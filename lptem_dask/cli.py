@@ -201,6 +201,26 @@ def simulate(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def analyze(
+    kind: Annotated[str, typer.Argument(help="diffusion | interaction | etching | assembly")],
+    store: Annotated[Path, typer.Argument(help="A processed-video store (NAME.zarr) with tables.")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace earlier results of this analysis.")
+    ] = True,
+) -> None:
+    """Fit the physics of one store; results go to STORE/results/KIND/ (JSON, xarray, figures)."""
+    from .pipeline import analysis_runner
+
+    result = analysis_runner(kind)(store, overwrite=overwrite)
+    typer.echo(f"wrote {Path(store) / 'results' / kind}")
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        summary = summary()
+    if isinstance(summary, dict):
+        typer.echo(json.dumps(summary, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lptem`` console script."""
     try:

@@ -189,6 +189,10 @@ class SegmentConfig(StageConfig):
 class MeasureConfig(StageConfig):
     """Per-frame region properties and outlines."""
 
+    shape: Literal["prism", "rod", "cube"] | None = Field(
+        default=None,
+        description="add this shape's descriptors (prism/cube vertices, rod length and caps)",
+    )
     contours: bool = Field(default=True, description="also write the contours table")
     contour_spacing_px: float = Field(
         default=1.0, gt=0, description="arc-length spacing of outline points, px"

@@ -42,7 +42,7 @@ import pandas as pd
 
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
-from .errors import ConfigError, InputError, LptemError, StoreError
+from .errors import ConfigError, InputError, LptemError
 from .store import (
     IMAGE,
     LABELS,
@@ -553,7 +553,9 @@ def task_regions(
         {k: video.attrs[k] for k in ("pixel_size_nm", "frame_interval_s") if k in video.attrs}
     )
     prob = ds["probability"] if "probability" in ds else None
-    table = measure_regions(labels, video, probability=prob).compute(scheduler="synchronous")
+    table = measure_regions(labels, video, probability=prob, shape=kwargs.get("shape")).compute(
+        scheduler="synchronous"
+    )
     outputs = [write_table_part(table, Path(store), "regions", chunk)]
     if kwargs.get("contours", True):
         contours = measure_contours(
@@ -578,15 +580,24 @@ def task_tracks(store: str, stage_hash: str, kwargs: dict, _deps: Any = None) ->
     )
 
 
-def task_analyses(store: str, stage_hash: str, analyses: list, _dep: Any = None) -> list:
-    from . import analysis as _analysis
+ANALYSES = ("diffusion", "interaction", "etching", "assembly")
 
+
+def analysis_runner(name: str) -> Callable:
+    """The ``run_<name>(store, *, overwrite)`` function of an analysis."""
+    import importlib
+
+    if name not in ANALYSES:
+        raise ConfigError(f"unknown analysis {name!r}; available: {', '.join(ANALYSES)}")
+    module = importlib.import_module(f"lptem_dask.analysis.{name}")
+    return getattr(module, f"run_{name}")
+
+
+def task_analyses(store: str, stage_hash: str, analyses: list, _dep: Any = None) -> list:
     done = []
     for name in analyses:
-        runner: Callable | None = getattr(_analysis, f"run_{name}", None)
-        if runner is None:
-            raise StoreError(f"analysis {name!r} is not available in this version of lptem-dask")
-        runner(store)
+        runner = analysis_runner(name)
+        runner(store, overwrite=True)
         done.append(name)
     _set_stage_record(Path(store), "analyses", {"hash": stage_hash, "complete": True})
     return done

@@ -8,6 +8,7 @@ the lazy Dask-mapped dataset (:func:`simulate_images`, :func:`simulate_truth`,
 (:func:`calibrate_to`).
 """
 
+from .assembly import simulate_assembly, simulate_assembly_video
 from .calibrate import CalibrationResult, calibrate_to, residual_nps
 from .config import (
     PRESET_NAMES,
@@ -21,6 +22,8 @@ from .config import (
     load_simulation_config,
 )
 from .dataset import simulate_images, simulate_truth, write_training_set
+from .dynamics import simulate_trajectories, simulate_video
+from .etching import simulate_etching, simulate_etching_video
 from .optics import (
     MTF_TABLES,
     brownian_path,
@@ -50,6 +53,12 @@ from .shapes import (
 )
 
 __all__ = [
+    "simulate_assembly",
+    "simulate_assembly_video",
+    "simulate_etching",
+    "simulate_etching_video",
+    "simulate_trajectories",
+    "simulate_video",
     "CalibrationResult",
     "calibrate_to",
     "residual_nps",
