@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 DriftMode = Literal["none", "constant", "per_frame"]
+_MAX_WEIGHT = 10.0
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -112,7 +113,8 @@ def msd_sums(
         ``gamma(d) / (H W)``, ``gamma(d) = (W - |d_x|)(H - |d_y|)``: long
         displacements are under-represented and the MSD is biased low. Each
         displacement is weighted by ``H W / gamma(d)`` (Horvitz-Thompson), which
-        removes that bias.
+        removes that bias. Displacements whose weight would exceed 10 (spanning
+        most of the field) are dropped.
 
     Returns
     -------
@@ -142,7 +144,10 @@ def msd_sums(
                 gam = np.maximum(W - np.abs(d[..., 1]), 0.0) * np.maximum(
                     H - np.abs(d[..., 0]), 0.0
                 )
-                w = np.where(ok & (gam > 0), H * W / np.where(gam > 0, gam, 1.0), 0.0)
+                w = H * W / np.where(gam > 0, gam, np.inf)
+                # a displacement spanning most of the field (weight > 10) is almost surely
+                # a linking error; it is dropped rather than allowed to dominate
+                w = np.where(ok & (w <= _MAX_WEIGHT), w, 0.0)
         r2 = np.where(w > 0, r2, 0.0)
         s2[:, k - 1] = (w * r2).sum(axis=1)
         s4[:, k - 1] = (w * r2 * r2).sum(axis=1)
