@@ -221,6 +221,131 @@ def analyze(
         typer.echo(json.dumps(summary, indent=1, default=str))
 
 
+def _print_status(status) -> None:
+    typer.echo(status.drop(columns=["seconds"]).to_string(index=False))
+    if (status["status"] == "failed").any():
+        raise typer.Exit(1)
+
+
+@app.command("segment")
+def segment_cmd(
+    video: Annotated[
+        Path, typer.Argument(help="Input video (any format) or a store from `lptem ingest`.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output store; default: in place for a store, else VIDEO.zarr beside it."
+        ),
+    ] = None,
+    model: Annotated[str, typer.Option(help="'default' or a checkpoint path.")] = "default",
+    particle_size_px: Annotated[
+        float | None, typer.Option(help="Typical particle diameter (px).")
+    ] = None,
+    polarity: Annotated[str, typer.Option(help="dark | bright | auto")] = "dark",
+    threshold: Annotated[float, typer.Option(help="Probability threshold.")] = 0.5,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="Override the pixel size (nm).")
+    ] = None,
+    frame_interval_s: Annotated[
+        float | None, typer.Option(help="Override the frame interval (s).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Recompute maps and labels.")] = False,
+) -> None:
+    """U-Net maps and particle labels of every frame, written into the video's store."""
+    from .config import PipelineConfig, SegmentConfig, config_from_mapping
+    from .pipeline import run_videos
+
+    if out is None:
+        out = video if (video / "zarr.json").exists() else video.with_suffix(".zarr")
+    seg = config_from_mapping(
+        SegmentConfig,
+        {
+            "model": model,
+            "particle_size_px": particle_size_px,
+            "polarity": polarity,
+            "threshold": threshold,
+        },
+        source="the command line",
+    )
+    cfg = PipelineConfig(
+        videos=(str(video),),
+        pixel_size_nm=pixel_size_nm,
+        frame_interval_s=frame_interval_s,
+        segment=seg,
+    )
+    _quiet_dask_logs()
+    _print_status(run_videos([(video, out)], cfg, until="labels", overwrite=overwrite))
+
+
+@app.command()
+def measure(
+    store: Annotated[Path, typer.Argument(help="A segmented store (NAME.zarr).")],
+    shape: Annotated[
+        str | None, typer.Option(help="prism | rod | cube: add shape descriptors.")
+    ] = None,
+    contours: Annotated[bool, typer.Option(help="Also write outlines with curvature.")] = True,
+) -> None:
+    """Region properties of every particle in every frame -> STORE/tables/regions.parquet."""
+    from .config import MeasureConfig, config_from_mapping
+    from .pipeline import run_videos, stored_config
+
+    cfg = stored_config(store)
+    m = config_from_mapping(
+        MeasureConfig, {"shape": shape, "contours": contours}, source="the command line"
+    )
+    cfg = cfg.model_copy(update={"measure": m})
+    _quiet_dask_logs()
+    _print_status(run_videos([(store, store)], cfg, until="regions"))
+
+
+@app.command()
+def track(
+    store: Annotated[Path, typer.Argument(help="A measured store (NAME.zarr).")],
+    search_range_nm: Annotated[
+        float, typer.Option(help="Largest displacement between frames (nm).")
+    ],
+    memory: Annotated[int, typer.Option(help="Frames a particle may vanish.")] = 3,
+    drift: Annotated[str | None, typer.Option(help="tracks | registration")] = None,
+    symmetry_deg: Annotated[float | None, typer.Option(help="120 prism, 90 cube, 180 rod.")] = None,
+    min_length: Annotated[int, typer.Option(help="Shortest track kept (frames).")] = 3,
+    window_frames: Annotated[int, typer.Option(help="Frames per linking window.")] = 500,
+) -> None:
+    """Link regions into trajectories (trackpy) -> STORE/tables/tracks.parquet."""
+    from .config import LinkConfig, config_from_mapping
+    from .pipeline import run_videos, stored_config
+
+    cfg = stored_config(store)
+    link = config_from_mapping(
+        LinkConfig,
+        {
+            "search_range_nm": search_range_nm,
+            "memory": memory,
+            "drift": drift,
+            "symmetry_deg": symmetry_deg,
+            "min_length": min_length,
+            "window_frames": window_frames,
+        },
+        source="the command line",
+    )
+    cfg = cfg.model_copy(update={"link": link, "report": False})
+    _quiet_dask_logs()
+    _print_status(run_videos([(store, store)], cfg, until="tracks"))
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="A processed store.")],
+    table: Annotated[str, typer.Argument(help="regions | contours | tracks | ...")],
+    out: Annotated[Path, typer.Argument(help="Output CSV file.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+) -> None:
+    """Write one table of a store to CSV."""
+    from .results import export_csv
+
+    typer.echo(f"wrote {export_csv(store, table, out, overwrite=overwrite)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lptem`` console script."""
     try:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
-from .errors import ConfigError, InputError, LptemError
+from .errors import ConfigError, InputError, LptemError, StoreError
 from .store import (
     IMAGE,
     LABELS,
@@ -56,7 +56,17 @@ from .store import (
     write_ngff_metadata,
 )
 
-__all__ = ["run_pipeline", "plan_video", "VideoPlan", "CHUNK_STAGES", "STATE_DIR"]
+__all__ = [
+    "run_pipeline",
+    "run_videos",
+    "plan_video",
+    "stored_config",
+    "read_compute_log",
+    "analysis_runner",
+    "VideoPlan",
+    "CHUNK_STAGES",
+    "STATE_DIR",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +308,12 @@ def _chunk_outputs_exist(store: Path, stage: str, chunk: int, map_vars: Sequence
 
 
 def plan_video(
-    source: Path, store: Path, config: PipelineConfig, *, overwrite: bool = False
+    source: Path,
+    store: Path,
+    config: PipelineConfig,
+    *,
+    overwrite: bool = False,
+    until: str = "report",
 ) -> VideoPlan:
     """Open ``source`` lazily, prepare ``store`` and list the work that remains."""
     from .io import open_video
@@ -308,20 +323,31 @@ def plan_video(
     )
     if video.sizes["frame"] == 0:
         raise InputError(f"video {str(source)!r} has no frames; check the file")
-    hashes = stage_hashes(config, source)
-    if overwrite:
+    in_place = source.resolve() == store.resolve()
+    hashes = stage_hashes(config, store / IMAGE if in_place else source)
+    upto = ALL_STAGES[: ALL_STAGES.index(until) + 1]
+    if overwrite and not in_place:
         remove_path(store)
     nf = int(video.sizes["frame"])
-    step = _chunk_frames(tuple(video.shape), video.dtype.itemsize, config)
+    if in_place:  # keep the store's own frame chunks
+        step = int(video.chunks[0][0]) if video.chunks else nf
+    else:
+        step = _chunk_frames(tuple(video.shape), video.dtype.itemsize, config)
     chunks = [(a, min(a + step, nf)) for a in range(0, nf, step)]
     store.mkdir(parents=True, exist_ok=True)
     (store / STATE_DIR).mkdir(exist_ok=True)
 
     plan = VideoPlan(source=source, store=store, n_frames=nf, chunks=chunks, hashes=hashes)
+    if in_place:  # the frames are the store's own: never discarded, always complete
+        _set_stage_record(store, "image", {"hash": hashes["image"], "complete": True})
+        for i in range(len(chunks)):
+            _write_text_atomic(_marker(store, "image", i), hashes["image"] + "\n")
     invalid_from = None
     for stage in ALL_STAGES:
         rec = _stage_record(store, stage)
-        if invalid_from is None and rec.get("hash") != hashes[stage]:
+        if invalid_from is None and (
+            rec.get("hash") != hashes[stage] or (overwrite and stage != "image")
+        ):
             invalid_from = stage
         if invalid_from is not None:
             _invalidate(store, stage)
@@ -329,8 +355,10 @@ def plan_video(
         _create_image_array(video, store, step, config)
         _set_stage_record(store, "image", {"hash": hashes["image"], "complete": False})
 
-    map_vars = _ensure_map_arrays(video, store, step, config, hashes)
-    if _stage_record(store, "labels").get("hash") != hashes["labels"]:
+    map_vars = ["probability"]
+    if "maps" in upto:
+        map_vars = _ensure_map_arrays(video, store, step, config, hashes)
+    if "labels" in upto and _stage_record(store, "labels").get("hash") != hashes["labels"]:
         create_labels_array(
             store, video.shape, (step, *video.shape[1:]), compressors=_compressors(config)
         )
@@ -344,7 +372,10 @@ def plan_video(
         if _stage_record(store, stage).get("hash") != hashes[stage]:
             _set_stage_record(store, stage, {"hash": hashes[stage], "complete": False})
 
+    _write_text_atomic(store / STATE_DIR / "config.json", json.dumps(dump_config(config), indent=1))
     for stage in CHUNK_STAGES:
+        if stage not in upto:
+            continue
         todo = []
         for i in range(len(chunks)):
             marker = _marker(store, stage, i)
@@ -361,9 +392,9 @@ def plan_video(
         if bool(rec.get("complete")) != (not todo):
             _set_stage_record(store, stage, {**rec, "hash": hashes[stage], "complete": not todo})
     # anything downstream of a chunk stage with work left is redone
-    downstream_dirty = any(plan.todo[s] for s in CHUNK_STAGES)
+    downstream_dirty = any(plan.todo.get(s) for s in CHUNK_STAGES)
     for stage in VIDEO_STAGES:
-        if stage == "report" and not config.report:
+        if stage not in upto or (stage == "report" and not config.report):
             continue
         rec = _stage_record(store, stage)
         if downstream_dirty or not rec.get("complete") or rec.get("hash") != hashes[stage]:
@@ -634,7 +665,7 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
     prev: dict[int, Any] = {}
     tag = plan.store.name
     for stage in CHUNK_STAGES:
-        todo = set(plan.todo[stage])
+        todo = set(plan.todo.get(stage, ()))
         for i, (a, b) in enumerate(plan.chunks):
             dep = prev.get(i)
             if i not in todo:
@@ -720,25 +751,73 @@ def run_pipeline(
         failed), ``error``, ``frames``, ``chunks_computed``, ``seconds``. Also
         saved as ``run_status.csv`` in the output folder.
     """
-    from distributed import as_completed, performance_report
-
-    from .cluster import dashboard_link, make_client
-
     base = Path(config_path).parent if config_path else None
     sources = expand_manifest(config.videos, base=base)
     out_dir = Path(config.output_dir)
     if base is not None and not out_dir.is_absolute():
         out_dir = base / out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems = [s.stem if s.is_file() else s.name for s in sources]
-    stores = []
-    for _s, stem in zip(sources, stems, strict=False):
-        stem = stem[: -len(".zarr")] if stem.endswith(".zarr") else stem
-        stores.append(out_dir / f"{stem}.zarr")
+    stores = [out_dir / f"{_stem(s)}.zarr" for s in sources]
     if len(set(stores)) != len(stores):
         raise ConfigError("two videos of the manifest have the same name; rename one of them")
     _write_text_atomic(out_dir / "run_config.json", json.dumps(dump_config(config), indent=1))
+    status = run_videos(
+        list(zip(sources, stores, strict=True)),
+        config,
+        overwrite=overwrite,
+        progress=progress,
+        client=client,
+        report_dir=out_dir,
+    )
+    status.to_csv(out_dir / "run_status.csv", index=False)
+    return status
 
+
+def stored_config(store: str | os.PathLike) -> PipelineConfig:
+    """The resolved configuration of the last run on ``store``.
+
+    Raises
+    ------
+    StoreError
+        If the store was never processed by ``lptem run``/``lptem segment``.
+    """
+    from .config import config_from_mapping
+
+    path = Path(store) / STATE_DIR / "config.json"
+    if not path.exists():
+        raise StoreError(
+            f"{str(store)!r} has not been segmented yet (no {STATE_DIR}/config.json); "
+            f"run `lptem segment {store}` or `lptem run CONFIG` first"
+        )
+    return config_from_mapping(PipelineConfig, json.loads(path.read_text()), source=repr(str(path)))
+
+
+def _stem(source: Path) -> str:
+    stem = source.stem if source.is_file() else source.name
+    return stem[: -len(".zarr")] if stem.endswith(".zarr") else stem
+
+
+def run_videos(
+    pairs: Sequence[tuple[Path, Path]],
+    config: PipelineConfig,
+    *,
+    until: str = "report",
+    overwrite: bool = False,
+    progress: bool = True,
+    client=None,
+    report_dir: Path | None = None,
+) -> pd.DataFrame:
+    """Run (source, store) pairs through the stages up to ``until``; the status table.
+
+    A source equal to its store (a store written by ``lptem ingest``) is
+    processed in place: its ``image`` is kept as it is.
+    """
+    from distributed import as_completed, performance_report
+
+    from .cluster import dashboard_link, make_client
+
+    if until not in ALL_STAGES:
+        raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(ALL_STAGES)}")
     own_client = client is None
     if own_client:
         client = make_client(config.cluster)
@@ -750,7 +829,7 @@ def run_pipeline(
 
         with contextlib.ExitStack() as stack:
             plans: list[VideoPlan] = []
-            for src, store in zip(sources, stores, strict=False):
+            for src, store in pairs:
                 row = {
                     "video": str(src),
                     "store": str(store),
@@ -763,10 +842,7 @@ def run_pipeline(
                 rows[str(store)] = row
                 try:
                     stack.enter_context(store_lock(store))
-                    plan = plan_video(src, store, config, overwrite=overwrite)
-                except LptemError as exc:
-                    row.update(status="failed", error=_short_error(exc))
-                    continue
+                    plan = plan_video(src, store, config, overwrite=overwrite, until=until)
                 except Exception as exc:  # a broken file must not stop the others
                     logger.debug("planning %s failed:\n%s", src, traceback.format_exc())
                     row.update(status="failed", error=_short_error(exc))
@@ -777,9 +853,10 @@ def run_pipeline(
                     row["status"] = "skipped"
                     continue
                 plans.append(plan)
-            stack.enter_context(
-                performance_report(filename=str(out_dir / "dask-performance-report.html"))
-            )
+            if report_dir is not None:
+                stack.enter_context(
+                    performance_report(filename=str(report_dir / "dask-performance-report.html"))
+                )
             all_futs: dict[str, list] = {st: [] for st in ALL_STAGES}
             owner: dict[str, str] = {}
             for plan in plans:
@@ -792,33 +869,26 @@ def run_pipeline(
             every = [f for fl in all_futs.values() for f in fl]
             stage_of = {f.key: st for st, fl in all_futs.items() for f in fl}
             for fut in as_completed(every):
-                store_key = owner[fut.key]
-                row = rows[store_key]
+                row = rows[owner[fut.key]]
                 if fut.status == "error":
                     if row["status"] != "failed":
-                        exc = fut.exception()
-                        row.update(status="failed", error=_short_error(exc))
-                else:
-                    if stage_of[fut.key] in CHUNK_STAGES:
-                        row["chunks_computed"] += 1
+                        row.update(status="failed", error=_short_error(fut.exception()))
+                elif stage_of[fut.key] in CHUNK_STAGES:
+                    row["chunks_computed"] += 1
                 bars.update(stage_of[fut.key])
             bars.close()
             for plan in plans:
                 row = rows[str(plan.store)]
                 if row["status"] != "failed":
-                    for stage in CHUNK_STAGES:
-                        _set_stage_record(
-                            plan.store,
-                            stage,
-                            {**_stage_record(plan.store, stage), "complete": True},
-                        )
+                    for stage in plan.todo:
+                        rec = _stage_record(plan.store, stage)
+                        _set_stage_record(plan.store, stage, {**rec, "complete": True})
                     row["status"] = "done"
     finally:
         if own_client:
             client.close()
     status = pd.DataFrame(list(rows.values()))
     status["seconds"] = round(time.time() - t0, 2)
-    status.to_csv(out_dir / "run_status.csv", index=False)
     return status
 
 
