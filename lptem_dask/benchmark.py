@@ -318,6 +318,7 @@ class _Runner:
     def __init__(self, config: SegmentationBenchmarkConfig, tuned: dict[str, dict[str, Any]]):
         self.config = config
         self.tuned = tuned
+        self._spec: Any = None
 
     def __call__(
         self, method: str, images: np.ndarray, *, particle_size_px: float | None, polarity: str
@@ -330,10 +331,12 @@ class _Runner:
             np.asarray(images, np.float32), pixel_size_nm=1.0, frame_interval_s=1.0, chunks=1
         )
         if method == "unet":
-            from .segment.infer import segment
+            from .segment.infer import prepare_model, segment
 
+            if self._spec is None:  # load the checkpoint once
+                self._spec = prepare_model(self.config.model)
             lab = segment(
-                video, model=self.config.model, particle_size_px=particle_size_px, polarity=polarity
+                video, model=self._spec, particle_size_px=particle_size_px, polarity=polarity
             )
         else:
             from .segment.baselines import segment_baseline
@@ -714,7 +717,14 @@ def benchmark_segmentation(
     df = df[cols]
     df.attrs["unet_fail_level"] = fail_level
     df.to_csv(out / "metrics.csv", index=False)
-    _write_figures(df, examples, out, methods=list(cfg.methods), n_examples=cfg.n_examples)
+    _write_figures(
+        df,
+        examples,
+        out,
+        methods=list(cfg.methods),
+        n_examples=cfg.n_examples,
+        dpi=50 if quick else 110,
+    )
     _write_table(
         df,
         out / "table.md",
@@ -759,6 +769,7 @@ def _write_figures(
     *,
     methods: list[str],
     n_examples: int,
+    dpi: int = 110,
 ) -> None:
     import matplotlib
 
@@ -795,7 +806,7 @@ def _write_figures(
         axes[0, 0].legend(fontsize=7, ncol=2)
         fig.suptitle("Segmentation on simulated test sets (4 shapes pooled)")
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
+        fig.savefig(out / fname, dpi=dpi)
         plt.close(fig)
 
     # example grid: a few simulated (shape, level) frames + real examples
@@ -831,7 +842,7 @@ def _write_figures(
             if c == 0:
                 ax.set_ylabel(f"{ex['shape']}\n{ex['level']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "examples.png", dpi=100)
+    fig.savefig(out / "examples.png", dpi=dpi)
     plt.close(fig)
 
 

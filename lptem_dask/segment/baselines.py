@@ -198,9 +198,34 @@ def _bright(frame: np.ndarray, polarity: str) -> np.ndarray:
     return 1.0 - normalize_frame(frame, polarity=polarity).astype(np.float64)
 
 
+def _background(f: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of ``f`` with a large ``sigma`` (px), on a block-averaged grid.
+
+    The frame is averaged over ``k x k`` blocks (``k ~ sigma / 4``), blurred with
+    ``sigma / k`` and interpolated back (linear): the error is far below the
+    noise for the smooth backgrounds this removes, and the cost no longer grows
+    with ``sigma``.
+    """
+    h, w = f.shape
+    k = int(max(1, min(sigma / 4, min(h, w) / 16)))
+    if k == 1:
+        return ndimage.gaussian_filter(f, sigma, mode="reflect")
+    hh, ww = -(-h // k) * k, -(-w // k) * k
+    padded = np.pad(f, ((0, hh - h), (0, ww - w)), mode="reflect")
+    small = padded.reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, sigma / k, mode="reflect")
+    # block centres sit at (i + 0.5) k - 0.5 in pixel coordinates
+    yy = (np.arange(h) + 0.5) / k - 0.5
+    xx = (np.arange(w) + 0.5) / k - 0.5
+    cy = np.clip(yy, 0, small.shape[0] - 1)
+    cx = np.clip(xx, 0, small.shape[1] - 1)
+    gy, gx = np.meshgrid(cy, cx, indexing="ij")
+    return ndimage.map_coordinates(small, [gy, gx], order=1, mode="nearest")
+
+
 def _preprocess(f: np.ndarray, d: float, p: dict[str, Any]) -> np.ndarray:
     if p["background_rel"] > 0:
-        f = f - ndimage.gaussian_filter(f, p["background_rel"] * d, mode="reflect")
+        f = f - _background(f, p["background_rel"] * d)
     if p["sigma_rel"] > 0:
         f = ndimage.gaussian_filter(f, p["sigma_rel"] * d, mode="reflect")
     return f
@@ -290,7 +315,7 @@ def rf_features(frame_bright: np.ndarray, d: float) -> np.ndarray:
         num_sigma=5,
         channel_axis=None,
     )
-    flat = frame_bright - ndimage.gaussian_filter(frame_bright, 4 * d, mode="reflect")
+    flat = frame_bright - _background(frame_bright, 4 * d)
     return np.concatenate([feats, flat[..., None]], axis=-1).astype(np.float32)
 
 
