@@ -667,7 +667,7 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
     for stage in CHUNK_STAGES:
         todo = set(plan.todo.get(stage, ()))
         for i, (a, b) in enumerate(plan.chunks):
-            dep = prev.get(i)
+            dep: Any = prev.get(i)
             if i not in todo:
                 continue
             key = f"{stage}-{tag}-{i}-{h[stage][:8]}"
@@ -685,8 +685,8 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
                 f = client.submit(task_regions, store, i, a, b, h[stage], measure_kw, dep, key=key)
             prev[i] = f
             futures[stage].append(f)
-    last_chunk = [f for f in prev.values()]
-    dep: Any = last_chunk
+    last_chunk = list(prev.values())
+    dep = last_chunk
     if "tracks" in plan.video_todo:
         dep = client.submit(
             task_tracks,
@@ -822,7 +822,7 @@ def run_videos(
     if own_client:
         client = make_client(config.cluster)
     print(f"Dask dashboard: {dashboard_link(client)}", flush=True)
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     t0 = time.time()
     try:
         import contextlib
@@ -830,7 +830,7 @@ def run_videos(
         with contextlib.ExitStack() as stack:
             plans: list[VideoPlan] = []
             for src, store in pairs:
-                row = {
+                row: dict[str, Any] = {
                     "video": str(src),
                     "store": str(store),
                     "status": "pending",

@@ -170,7 +170,7 @@ def _table_html(df: pd.DataFrame, max_rows: int = 20) -> str:
 
 
 def _results_sections(results: Path) -> list[str]:
-    out = []
+    out: list[str] = []
     if not results.is_dir():
         return out
     for sub in sorted(p for p in results.iterdir() if p.is_dir()):

@@ -26,6 +26,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputExistsError
 
@@ -273,7 +274,8 @@ def write_ngff_metadata(
 
     store = Path(store)
     root = zarr.open_group(str(store), mode="a", zarr_format=3)
-    ome = dict(root.attrs.get("ome", {}))
+    prev = root.attrs.get("ome", {})
+    ome: dict[str, Any] = dict(prev) if isinstance(prev, dict) else {}
     ome.update(
         version=NGFF_VERSION,
         multiscales=_ngff_multiscales(name, IMAGE, pixel_size_nm, frame_interval_s),
@@ -332,7 +334,7 @@ def open_store_dataset(store: str | os.PathLike, *, chunks: dict | str | None = 
             f"{str(store)!r} is not a lptem store (no zarr.json); create one with "
             "`lptem ingest VIDEO STORE` or `lptem run CONFIG`"
         )
-    kw = {} if chunks is None else {"chunks": chunks}
+    kw: dict[str, Any] = {} if chunks is None else {"chunks": chunks}
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=".*not recognized as a component of a Zarr hierarchy"

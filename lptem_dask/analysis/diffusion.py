@@ -357,7 +357,7 @@ def fit_diffusion(
         raise InputError(f"`fit_lags` must be >= 2, got {fit_lags}")
     m = msd.iloc[:fit_lags]
     lag_s = m["lag_s"].to_numpy(float)
-    if len(m) and not (np.issubdtype(m.index.dtype, np.number) and float(m.index[0]) >= 1):
+    if len(m) and not (pd.api.types.is_numeric_dtype(m.index.dtype) and float(m.index[0]) >= 1):
         raise InputError(
             "`msd` must be indexed by the lag in frames (1, 2, ...), as ensemble_msd returns it; "
             f"got index starting at {m.index[0]!r}"
