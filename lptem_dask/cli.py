@@ -346,6 +346,54 @@ def export(
     typer.echo(f"wrote {export_csv(store, table, out, overwrite=overwrite)}")
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training YAML (see configs/train/).")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the checkpoint (.safetensors + .json card).")
+    ] = Path("models"),
+    name: Annotated[str, typer.Option(help="Checkpoint name.")] = "model",
+    finetune: Annotated[
+        Path | None, typer.Option(help="Folder of your own images/ and masks/ to fine-tune on.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing checkpoint of that name.")
+    ] = False,
+) -> None:
+    """Train (or fine-tune) a U-Net on simulated LPTEM images; writes weights and a model card."""
+    from .segment.train import train_command
+
+    path = train_command(
+        config, out_dir=out, name=name, finetune=finetune, overwrite=overwrite, progress=True
+    )
+    typer.echo(f"wrote {path}")
+
+
+benchmark_app = typer.Typer(
+    help="Reproducible benchmarks (figures saved as CSV/JSON/PNG).", no_args_is_help=True
+)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("segmentation")
+def benchmark_segmentation_cmd(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Benchmark YAML (default: configs/benchmark/segmentation.yaml settings)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("benchmark_segmentation"),
+    quick: Annotated[bool, typer.Option(help="A small, fast version (for tests).")] = False,
+) -> None:
+    """U-Net against tuned classical methods across CNR levels, shapes and real images."""
+    from .benchmark import benchmark_segmentation
+
+    table = benchmark_segmentation(config, out, quick=quick, progress=True)
+    typer.echo(table.to_string(index=False))
+    typer.echo(f"results in {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lptem`` console script."""
     try:
