@@ -335,7 +335,8 @@ def plan_video(
         step = _chunk_frames(tuple(video.shape), video.dtype.itemsize, config)
     chunks = [(a, min(a + step, nf)) for a in range(0, nf, step)]
     store.mkdir(parents=True, exist_ok=True)
-    (store / STATE_DIR).mkdir(exist_ok=True)
+    for sub in (STATE_DIR, "results", "tables"):
+        aux_dir(store, sub)  # folders Zarr should not warn about
 
     plan = VideoPlan(source=source, store=store, n_frames=nf, chunks=chunks, hashes=hashes)
     if in_place:  # the frames are the store's own: never discarded, always complete
