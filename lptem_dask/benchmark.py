@@ -66,6 +66,15 @@ DEFAULT_METHODS = (
     "random_forest",
 )
 _SHAPES = ("prisms", "rods", "cubes", "spheres")
+_SCORE_KEYS = (
+    "pixel_iou",
+    "dice",
+    "object_precision",
+    "object_recall",
+    "object_f1",
+    "centroid_error_px",
+    "boundary_p95_px",
+)
 
 
 class LabelledFolder(StageConfig):
@@ -110,6 +119,9 @@ class SegmentationBenchmarkConfig(StageConfig):
     tune: bool = True
     tune_frames: int = Field(default=12, ge=1)
     tune_crop_px: int = Field(default=256, ge=32)
+    tuned_params: str | None = Field(
+        default=None, description="tuned_params.json of an earlier run: reuse, do not tune"
+    )
     max_settings: int | None = Field(
         default=None, ge=1, description="try only the first N settings of each grid (smoke runs)"
     )
@@ -178,6 +190,12 @@ def _scaled_config(preset: str, *, image_size_px: int, target_cnr: float) -> Any
         return max(1, int(round(n * factor)))
 
     new_count = (scale(count[0]), scale(count[1])) if isinstance(count, tuple) else scale(count)
+    g = cfg.particles.ghost_count
+    ghosts = (
+        (int(round(g[0] * factor)), int(round(g[1] * factor)))
+        if isinstance(g, tuple)
+        else int(round(g * factor))
+    )
     return cfg.model_copy(
         update={
             "optics": cfg.optics.model_copy(update={"image_size_px": int(image_size_px)}),
@@ -185,6 +203,7 @@ def _scaled_config(preset: str, *, image_size_px: int, target_cnr: float) -> Any
                 update={
                     "count": new_count,
                     "max_count": max(1, int(round(cfg.particles.max_count * factor))),
+                    "ghost_count": ghosts,
                 }
             ),
             "target_cnr": float(target_cnr),
@@ -450,7 +469,14 @@ def benchmark_segmentation(
     tuned: dict[str, dict[str, Any]] = {}
     tables = []
     baselines = [m for m in cfg.methods if m != "unet"]
-    if baselines:
+    if baselines and cfg.tuned_params is not None:
+        earlier = json.loads(Path(cfg.tuned_params).read_text())["params"]
+        missing = [m for m in baselines if m not in earlier]
+        if missing:
+            raise ConfigError(f"`tuned_params` {cfg.tuned_params!r} has no settings for {missing}")
+        tuned = {m: earlier[m] for m in baselines}
+        say("reusing tuned settings from %s", cfg.tuned_params)
+    elif baselines:
         v_img, v_lab, v_size = _validation_set(
             data["simulation"], data["val_seed"], cfg.tune_frames, cfg.tune_crop_px
         )
@@ -483,6 +509,7 @@ def benchmark_segmentation(
             {
                 "validation": {**data, "frames": cfg.tune_frames, "crop_px": cfg.tune_crop_px},
                 "params": tuned,
+                "reused_from": cfg.tuned_params,
             },
             indent=2,
             default=str,
@@ -536,7 +563,18 @@ def benchmark_segmentation(
             examples.append(ex)
         iou_unet = math.nan
         for m in cfg.methods:
-            s = summarize_scores(pooled[m])
+            # shapes weigh equally: the mean of the per-shape (pooled) scores
+            per_shape = pd.DataFrame(
+                [
+                    r
+                    for r in rows
+                    if r["level"] == name and r["method"] == m and r["dataset"] in cfg.shapes
+                ]
+            )
+            s = {k: float(per_shape[k].mean()) for k in _SCORE_KEYS}
+            s.update(
+                {k: int(per_shape[k].sum()) for k in ("n_frames", "n_pred", "n_true", "n_matched")}
+            )
             n_tot = sum(n for _, n in times[m])
             rows.append(
                 {

@@ -154,3 +154,31 @@ def test_simulated_test_set_hits_the_target_cnr():
     assert ts["labels"].max() > 0
     assert np.allclose(ts["cnr"], 2.5, rtol=0.25)
     assert ts["size_px"] > 3
+
+
+def test_reuses_tuned_params(tmp_path):
+    import json
+
+    earlier = tmp_path / "tuned_params.json"
+    earlier.write_text(json.dumps({"params": {"otsu": {"sigma_rel": 0.0, "min_area_rel": 0.3}}}))
+    cfg = SegmentationBenchmarkConfig(
+        methods=("otsu",),
+        levels=("clean",),
+        shapes=("spheres",),
+        frames_per_set=1,
+        image_size_px=96,
+        tuned_params=str(earlier),
+        n_examples=1,
+    )
+    df = benchmark_segmentation(cfg, tmp_path / "o", progress=False)
+    written = json.loads((tmp_path / "o" / "tuned_params.json").read_text())
+    assert written["params"]["otsu"]["min_area_rel"] == 0.3
+    assert written["reused_from"] == str(earlier)
+    assert not (tmp_path / "o" / "tuning.csv").exists()
+    row = df[(df["dataset"] == "spheres")].iloc[0]
+    assert row["pixel_iou"] > 0.5  # clean spheres are easy for Otsu
+    # the shapes' mean is the mean of per-shape rows
+    assert df[df["dataset"] == "all"].iloc[0]["pixel_iou"] == pytest.approx(row["pixel_iou"])
+    bad = cfg.model_copy(update={"methods": ("otsu", "li")})
+    with pytest.raises(ConfigError, match="no settings"):
+        benchmark_segmentation(bad, tmp_path / "o2", progress=False)
