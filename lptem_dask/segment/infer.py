@@ -45,8 +45,12 @@ __all__ = ["predict_probability", "predict_maps", "segment", "predict_block", "p
 
 logger = logging.getLogger(__name__)
 
-#: CPU bfloat16 autocast under precision="auto". Measured with the trained default
-#: model (benchmarks/bench_inference.py): see that file's docstring.
+#: CPU bfloat16 autocast under precision="auto". Off: on this project's CPU
+#: (Xeon with AVX512-BF16, torch 2.13, 2 threads) bfloat16 autocast did not speed
+#: the default network up (raw forward at 512 px: 4.2 vs 4.1 frames/s; through
+#: predict_probability under load: 0.37 vs 0.58 frames/s, benchmarks/
+#: bench_inference.py), so its IoU cost is not worth paying. Re-measure on other
+#: CPUs with ``benchmarks/eval_unet.py --modes native,native+bf16``.
 CPU_AUTO_BFLOAT16 = False
 #: frames (after rescaling) up to this many pixels a side go through in one piece
 WHOLE_FRAME_MAX_PX = 2048
@@ -196,18 +200,28 @@ def predict_block(
         wx = blend_weights(wp, tw, xs)
         tiles = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
 
-    acc = np.zeros((n, n_heads, hp, wp), np.float64)
-    wsum = np.zeros((hp, wp), np.float64)
-    for i, j in tiles:
-        wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += np.outer(wy[i], wx[j])
     jobs = [(f, i, j) for f in range(n) for (i, j) in tiles]
-    for k in range(0, len(jobs), max(1, batch_size)):
-        chunk = jobs[k : k + max(1, batch_size)]
-        batch = np.stack([padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk])
-        pred = _run_network(entry, batch, precision)
-        for (f, i, j), p in zip(chunk, pred, strict=True):
-            acc[f, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += p * np.outer(wy[i], wx[j])
-    maps = (acc / np.maximum(wsum, 1e-12))[..., :hs, :ws].astype(np.float32)
+    step = max(1, batch_size)
+    if len(tiles) == 1:  # whole frames: no blending
+        maps = np.empty((n, n_heads, hs, ws), np.float32)
+        for k in range(0, n, step):
+            pred = _run_network(entry, padded[k : k + step], precision)
+            maps[k : k + step] = pred[..., :hs, :ws]
+    else:
+        acc = np.zeros((n, n_heads, hp, wp), np.float32)
+        wsum = np.zeros((hp, wp), np.float32)
+        for i, j in tiles:
+            wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += np.outer(wy[i], wx[j])
+        for k in range(0, len(jobs), step):
+            chunk = jobs[k : k + step]
+            batch = np.stack(
+                [padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk]
+            )
+            pred = _run_network(entry, batch, precision)
+            for (f, i, j), p in zip(chunk, pred, strict=True):
+                win = np.outer(wy[i], wx[j]).astype(np.float32)
+                acc[f, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += p * win
+        maps = (acc / np.maximum(wsum, 1e-12))[..., :hs, :ws]
     if (hs, ws) != (h, w):
         maps = _resize(maps, (h, w))
     np.clip(maps, 0.0, 1.0, out=out)
