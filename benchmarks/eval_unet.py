@@ -81,7 +81,7 @@ def test_sets() -> dict[str, tuple[SimulationConfig, int]]:
 
 
 def otsu_iou(image: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
-    from skimage.filters import otsu
+    from skimage.filters import threshold_otsu as otsu
 
     t = otsu(image.astype(np.float64))
     return pixel_counts(image < t, mask)
