@@ -11,7 +11,7 @@ baselines of :mod:`lptem_dask.segment.baselines`:
    and each named CNR level (:func:`lptem_dask.simulate.cnr_levels`), frames
    ``simulate_one(i, preset with target_cnr=level, seed=test_seed)`` (a seed
    used by neither training nor validation). Below the named levels, the
-   ``extend_cnr`` values are tried, hardest last, until the U-Net's pooled
+   ``extend_cnr`` values are tried, hardest last, until the U-Net's mean
    pixel IoU falls below 0.5.
 3. Labelled folders (``labelled_folders``): images + masks supplied by the
    user; the real tiles ``msa-train`` are scored with the project's judge's
@@ -413,7 +413,7 @@ def benchmark_segmentation(
     -------
     pandas.DataFrame
         One row per method and test set: ``method``, ``dataset`` (shape preset,
-        "all" for the shapes pooled, or a folder name), ``level``, ``cnr_target``,
+        "all" for the mean over shapes (each shape pooled over its frames), or a folder name), ``level``, ``cnr_target``,
         ``cnr``, ``snr`` (measured means), ``n_frames``, ``pixel_iou``, ``dice``,
         ``object_precision``, ``object_recall``, ``object_f1``,
         ``centroid_error_px``, ``boundary_p95_px``, ``time_per_frame_s`` and,
@@ -521,7 +521,6 @@ def benchmark_segmentation(
     examples: list[dict[str, Any]] = []
 
     def run_level(name: str, cnr: float) -> float:
-        pooled: dict[str, list] = {m: [] for m in cfg.methods}
         times: dict[str, list] = {m: [] for m in cfg.methods}
         cnrs, snrs = [], []
         for shape in cfg.shapes:
@@ -545,7 +544,6 @@ def benchmark_segmentation(
             for m in cfg.methods:
                 pred, dt = run(m, ts["images"], particle_size_px=hint, polarity="dark")
                 fs = [frame_scores(p, t) for p, t in zip(pred, ts["labels"], strict=False)]
-                pooled[m].extend(fs)
                 times[m].append((dt, len(pred)))
                 ex["pred"][m] = pred[0]
                 rows.append(
@@ -842,7 +840,7 @@ def _write_figures(
             ax.set_title(label, fontsize=10)
             ax.grid(alpha=0.3)
         axes[0, 0].legend(fontsize=7, ncol=2)
-        fig.suptitle("Segmentation on simulated test sets (4 shapes pooled)")
+        fig.suptitle("Segmentation on simulated test sets (mean over shapes)")
         fig.tight_layout()
         fig.savefig(out / fname, dpi=dpi)
         plt.close(fig)
@@ -907,7 +905,7 @@ def _write_table(
     baselines = [m for m in methods if m != "unet"]
     if "unet" in methods and baselines:
         lines += [
-            "## U-Net against the best tuned baseline (simulated, 4 shapes pooled)",
+            "## U-Net against the best tuned baseline (simulated, mean over shapes)",
             "",
             "| level | CNR | SNR | U-Net IoU | best baseline IoU | margin | "
             "U-Net F1 | best baseline F1 | margin |",
@@ -927,7 +925,7 @@ def _write_table(
             )
         lines += [
             "",
-            f"U-Net pooled pixel IoU first falls below {config.stop_iou} at level: "
+            f"U-Net pixel IoU (mean over shapes) first falls below {config.stop_iou} at level: "
             f"**{fail_level or 'not reached'}**.",
             "",
         ]
