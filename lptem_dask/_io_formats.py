@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask.base
 import numpy as np
 
 from ._readers import (
@@ -26,10 +27,11 @@ from ._readers import (
     TiffContiguousSource,
     TiffPageSource,
     VideoFileSource,
+    ZarrChunks,
     check_frame_dims,
     probe_video_packets,
 )
-from .errors import FormatError, require
+from .errors import FormatError, LptemError, require
 
 __all__ = [
     "Header",
@@ -422,16 +424,22 @@ def _clean_attrs(attrs: dict) -> dict:
 
 def read_header_zarr(path: str) -> Header:
     """Header of a Zarr store: an ingested store (group with ``image``) or any 3-D array."""
-    import dask.array as da
-    import zarr
-
     try:
-        node = zarr.open(path, mode="r")
-    except Exception as exc:  # noqa: BLE001
+        return _read_header_zarr(path)
+    except LptemError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt metadata of any member
         raise FormatError(
             f"{path!r}: not a readable Zarr store ({type(exc).__name__}: {exc}); check the path "
             f"or write the store again with lptem ingest"
         ) from exc
+
+
+def _read_header_zarr(path: str) -> Header:
+    import dask.array as da
+    import zarr
+
+    node = zarr.open(path, mode="r")
     coords: dict = {}
     attrs: dict = {}
     if isinstance(node, zarr.Array):
@@ -468,7 +476,15 @@ def read_header_zarr(path: str) -> Header:
         )
     shape = arr.shape if arr.ndim == 3 else (1, *arr.shape)
     check_frame_dims(path, *shape)
-    data = da.from_zarr(arr)
+    data = da.from_array(
+        ZarrChunks(arr, path),
+        chunks=arr.chunks,
+        name=f"from-zarr-{dask.base.tokenize(path, arr.shape, arr.chunks, str(arr.dtype))}",
+        meta=np.empty((0,) * arr.ndim, arr.dtype),
+        asarray=False,
+        fancy=False,
+        lock=False,
+    )
     if data.ndim == 2:
         data = data[None]
     pixel_nm = attrs.get("pixel_size_nm") if attrs.get("pixel_size_known", True) else None

@@ -32,6 +32,7 @@ __all__ = [
     "ImageFolderSource",
     "VideoFileSource",
     "TemFileSource",
+    "ZarrChunks",
     "probe_video_packets",
     "decoded_frames",
     "reset_decoded_frames",
@@ -165,6 +166,30 @@ class FrameSource:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class ZarrChunks:
+    """A Zarr array whose chunks, when they cannot be decoded, raise FormatError.
+
+    Zarr raises codec errors (``RuntimeError: Zstd decompression error``...) for
+    a truncated or corrupt chunk file; this wrapper names the store and the fix.
+    """
+
+    def __init__(self, array: Any, path: str) -> None:
+        self.array = array
+        self.path = str(path)
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:  # noqa: BLE001 - any codec or I/O failure of a chunk
+            raise FormatError(
+                f"{self.path!r}: a stored chunk cannot be decoded ({type(exc).__name__}: "
+                f"{exc}); the store is truncated or corrupt: write it again with lptem ingest"
+            ) from exc
 
 
 class TiffContiguousSource(FrameSource):

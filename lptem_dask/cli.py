@@ -7,6 +7,7 @@ traceback); ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 
 _STATE = {"debug": False, "verbose": False}
+
+# OSErrors that mean "no room or no right to write", not a bug
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 def _quiet_dask_logs() -> None:
@@ -403,6 +407,19 @@ def main(argv: list[str] | None = None) -> None:
             raise
         msg = " ".join(str(exc).split())
         typer.echo(f"lptem: error: {msg}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        # the disk is full, a file-size or quota limit was hit, or the output is
+        # read-only: the environment, not a bug; one line and exit 2 like bad input
+        if _STATE["debug"] or exc.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" writing {exc.filename!r}" if exc.filename else ""
+        typer.echo(
+            f"lptem: error: {exc.strerror or exc}{where} (errno {errno.errorcode.get(exc.errno or 0, exc.errno)});"
+            " free disk space, raise the file-size/quota limit or choose another output;"
+            " partial outputs were removed and earlier outputs are untouched",
+            err=True,
+        )
         sys.exit(2)
     except KeyboardInterrupt:  # pragma: no cover
         typer.echo("lptem: interrupted", err=True)

@@ -156,7 +156,35 @@ def load_config(path: str | Path, model: type[T]) -> T:
     except yaml.YAMLError as exc:
         msg = str(exc).replace("\n", " ")
         raise ConfigError(f"configuration file {str(path)!r} is not valid YAML: {msg}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"configuration file {str(path)!r} nests lists or mappings too deeply; "
+            "a configuration is a few levels of `key: value` lines"
+        ) from None
+    if _n_nodes(data, _MAX_CONFIG_NODES) > _MAX_CONFIG_NODES:
+        raise ConfigError(
+            f"configuration file {str(path)!r} expands to more than {_MAX_CONFIG_NODES} values "
+            "(YAML aliases `*name` repeated?); write the values out instead of aliases"
+        )
     return config_from_mapping(model, data, source=repr(str(path)))
+
+
+#: values a configuration may hold once YAML aliases are expanded
+_MAX_CONFIG_NODES = 100_000
+
+
+def _n_nodes(data: object, limit: int) -> int:
+    """Values in ``data`` counting repeats of aliased ones; stops counting past ``limit``."""
+    n, stack = 0, [data]
+    while stack and n <= limit:
+        item = stack.pop()
+        n += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return n
 
 
 def dump_config(config: BaseModel) -> dict:

@@ -43,6 +43,7 @@ The caller's ``pixel_size_nm`` and ``frame_interval_s`` override the file's.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -61,7 +62,7 @@ import xarray as xr
 from . import _readers
 from ._io_formats import Header, read_header
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, StoreError
 from .store import IMAGE, atomic_path, check_output_path, remove_path, write_ngff_metadata
 
 __all__ = ["from_array", "open_video", "describe", "ingest", "video_chunks"]
@@ -329,6 +330,8 @@ def open_video(
         Missing path, unsupported extension, empty, truncated or corrupt file,
         a folder mixing frame sizes, data with an extra axis, absurd header dims.
     """
+    if isinstance(path, bytes):  # a file name that is not valid UTF-8, as raw bytes
+        path = os.fsdecode(path)
     header = read_header(path)
     data = _as_frame_array(header, chunks)
     video = _video_from_header(header, data, path, pixel_size_nm, frame_interval_s)
@@ -426,6 +429,8 @@ def describe(
         path = Path(recorded) if recorded and Path(recorded).exists() else None
         fmt = str(video.encoding.get("lptem_format", "array")) if path is not None else "array"
     else:
+        if isinstance(path_or_video, bytes):
+            path_or_video = os.fsdecode(path_or_video)
         video = open_video(
             path_or_video, pixel_size_nm=pixel_size_nm, frame_interval_s=frame_interval_s
         )
@@ -615,17 +620,26 @@ def ingest(
         }
     }
     if compute:
-        with atomic_path(final, overwrite=overwrite) as tmp:
-            write = ds.to_zarr(
-                tmp,
-                mode="w",
-                zarr_format=3,
-                consolidated=False,
-                encoding=encoding,
-                compute=False,
-            )
-            _compute_bounded(write)
-            write_ngff_metadata(tmp, pixel_size_nm=px, frame_interval_s=dt)
+        try:
+            with atomic_path(final, overwrite=overwrite) as tmp:
+                write = ds.to_zarr(
+                    tmp,
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding=encoding,
+                    compute=False,
+                )
+                _compute_bounded(write)
+                write_ngff_metadata(tmp, pixel_size_nm=px, frame_interval_s=dt)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            raise StoreError(
+                f"writing {str(final)!r} failed: {exc.strerror or exc}; the partial store was "
+                "removed and nothing else was touched; free disk space (or raise the file-size "
+                "limit) and run the ingest again"
+            ) from exc
         logger.info("ingested %s -> %s (%d frames, %d per chunk)", src_name, final, n, size)
         return final
     tmp = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:12]}")
