@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -100,6 +101,7 @@ def main() -> None:
     fast_net = build_unet("fast")
 
     arr = frames(max(args.frames, args.paper_frames))
+    load_before = os.getloadavg()
     res: dict = {
         "threads": args.threads,
         "frame_px": 512,
@@ -122,6 +124,9 @@ def main() -> None:
             f"{prec}: default {fd:.2f} frames/s, paper {fp:.3f} frames/s, ratio {fd / fp:.1f}",
             flush=True,
         )
+    # other processes on the machine distort the figures: record the load
+    res["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+    res["cpu_count"] = os.cpu_count()
     res["flop_ratio"] = res["flops_per_frame"]["paper"] / res["flops_per_frame"]["default"]
     res["command"] = (
         f"python benchmarks/bench_inference.py --threads {args.threads} --frames "

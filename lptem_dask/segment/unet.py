@@ -21,12 +21,16 @@ Presets
     convolution followed by a 1x1 convolution (sigmoid applied outside).
     31,031,685 parameters.
 ``"fast"`` (alias ``"default"``)
-    The default model's network: the same topology with base width 16 (16/32/
-    64/128, bottleneck 256), no dropout, a 1x1 output convolution and a second
-    output head for particle boundaries. Chosen by measurement (see
-    ``benchmarks/bench_inference.py``): 1/16 of the paper preset's FLOPs per
-    frame. No normalisation layers: on the project's training task batch
-    normalisation made AdamW at 1e-3 learn several times more slowly.
+    The default model's network: the same topology with base width 12 (12/24/
+    48/96, bottleneck 192; 1.09 M parameters), no dropout, a 1x1 output
+    convolution and a second output head for particle boundaries. 1/28 of the
+    paper preset's FLOPs per frame. Chosen by measurement among base widths 12,
+    16 and 20 (depth 4) and 16 (depth 3): through ``predict_probability`` on
+    512-px frames with one torch thread, base 16 ran 8x the paper preset's
+    frame rate and base 12 15x (raw forward passes: 11x and 18x), so only base
+    12 meets the 10x throughput target with a margin. No normalisation layers:
+    on the project's training task batch normalisation made AdamW at 1e-3
+    learn several times more slowly.
 
 Group normalisation pools statistics over the whole tile, so a network using
 it gives tiled results that differ from whole-frame results; batch
@@ -109,7 +113,7 @@ PRESETS: dict[str, UNetConfig] = {
     ),
     "fast": UNetConfig(
         depth=4,
-        base_width=16,
+        base_width=12,
         norm="none",
         dropout=0.0,
         up_mode="upsample_conv2",
