@@ -563,7 +563,7 @@ def _check_mrc_header(path: str) -> None:
     if size < 1024:
         raise FormatError(
             f"{path!r}: {size} bytes is shorter than the 1024-byte MRC header; the file is "
-            f"truncated or not an MRC file"
+            f"truncated or not an MRC file: copy it again from its source"
         )
     with open(path, "rb") as fh:
         head = fh.read(1024)
@@ -575,14 +575,16 @@ def _check_mrc_header(path: str) -> None:
     if mode not in _MRC_ITEMSIZE:
         raise FormatError(
             f"{path!r}: MRC mode {mode} is not an image mode (expected one of "
-            f"{sorted(_MRC_ITEMSIZE)}); the header is corrupt"
+            f"{sorted(_MRC_ITEMSIZE)}); the header is corrupt or this is not an MRC file: copy "
+            f"it again from its source"
         )
     check_frame_dims(path, max(nz, 0), ny, nx)
     need = 1024 + max(next_bytes, 0) + nx * ny * nz * _MRC_ITEMSIZE[mode]
     if need > size:
         raise FormatError(
             f"{path!r}: the MRC header promises {nz} frames of {ny} x {nx} (mode {mode}), "
-            f"{need} bytes, but the file has {size}; it is truncated or its header is corrupt"
+            f"{need} bytes, but the file has {size}; it is truncated or its header is corrupt: "
+            f"copy it again from its source"
         )
 
 

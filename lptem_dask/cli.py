@@ -400,6 +400,12 @@ def benchmark_segmentation_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lptem`` console script."""
+    for stream in (sys.stdout, sys.stderr):
+        # file names that are not UTF-8 come back out as the bytes they were given
+        try:
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # pragma: no cover - not a text file
+            pass
     try:
         app(args=argv, standalone_mode=True)
     except LptemError as exc:
