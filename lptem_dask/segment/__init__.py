@@ -11,6 +11,10 @@ _API = {
     "predict_maps": "lptem_dask.segment.infer",
     "segment": "lptem_dask.segment.infer",
     "label_frames": "lptem_dask.segment.postprocess",
+    "train": "lptem_dask.segment.train",
+    "TrainConfig": "lptem_dask.segment.train",
+    "load_model": "lptem_dask.models",
+    "segment_baseline": "lptem_dask.segment.baselines",
 }
 __all__ = list(_API)
 

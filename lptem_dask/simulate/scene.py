@@ -49,7 +49,6 @@ from .optics import (
 )
 from .shapes import bounding_radius_nm, spherocylinder_profile, thickness
 
-
 MAX_ELECTRONS_PER_PX = 1e12
 logger = logging.getLogger(__name__)
 
