@@ -878,7 +878,7 @@ def _write_figures(
             if c == 0:
                 ax.set_ylabel(f"{ex['shape']}\n{ex['level']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "examples.png", dpi=dpi)
+    fig.savefig(out / "examples.png", dpi=min(dpi, 70))
     plt.close(fig)
 
 
