@@ -422,8 +422,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f" writing {exc.filename!r}" if exc.filename else ""
         typer.echo(
             f"lptem: error: {exc.strerror or exc}{where} (errno {errno.errorcode.get(exc.errno or 0, exc.errno)});"
-            " free disk space, raise the file-size/quota limit or choose another output;"
-            " partial outputs were removed and earlier outputs are untouched",
+            " free disk space, raise the file-size/quota limit or choose another output,"
+            " then run the command again",
             err=True,
         )
         sys.exit(2)
