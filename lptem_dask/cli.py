@@ -43,8 +43,17 @@ def _quiet_dask_logs() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(level)
-    if not _STATE["verbose"]:  # dask's size estimates of task arguments are harmless noise
+    if not _STATE["verbose"]:
+        # dask's size estimates of task arguments are harmless noise, and a failed task's
+        # traceback is reported once, as lptem's own one-line error or in the status table
         logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
+        for name in (
+            "distributed.core",
+            "distributed.worker",
+            "distributed.scheduler",
+            "distributed.nanny",
+        ):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _version_callback(value: bool) -> None:

@@ -200,7 +200,18 @@ def config_hash(config: BaseModel | dict) -> str:
 
 
 class SegmentConfig(StageConfig):
-    """U-Net inference and labelling (``predict_maps`` + ``label_frames``)."""
+    """U-Net inference and labelling (``predict_maps`` + ``label_frames``).
+
+    ``method`` other than ``"unet"`` picks a classical baseline of
+    :mod:`lptem_dask.segment.baselines` (with ``baseline_params``, e.g. the
+    settings tuned by ``lptem benchmark segmentation``); it writes labels but no
+    probability maps.
+    """
+
+    method: Literal[
+        "unet", "otsu", "li", "triangle", "sauvola", "local", "watershed", "canny", "random_forest"
+    ] = "unet"
+    baseline_params: dict[str, Any] = Field(default_factory=dict)
 
     model: str = Field(default="default", description='"default" or a checkpoint path')
     particle_size_px: float | None = Field(

@@ -24,6 +24,7 @@ completed chunks were not recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -42,7 +43,7 @@ import pandas as pd
 
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
-from .errors import ConfigError, InputError, LptemError, StoreError
+from .errors import ConfigError, InputError, LockedError, LptemError, StoreError
 from .store import (
     IMAGE,
     LABELS,
@@ -170,7 +171,10 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
             "model": _model_fingerprint(config.segment.model),
             **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
         },
-        "labels": {k: seg[k] for k in ("threshold", "min_area_px", "split_touching")},
+        "labels": {
+            k: seg[k]
+            for k in ("threshold", "min_area_px", "split_touching", "method", "baseline_params")
+        },
         "regions": dump_config(config.measure),
         "tracks": dump_config(config.link),
         "analyses": {"analyses": list(config.analyses)},
@@ -356,8 +360,9 @@ def plan_video(
         _create_image_array(video, store, step, config)
         _set_stage_record(store, "image", {"hash": hashes["image"], "complete": False})
 
-    map_vars = ["probability"]
-    if "maps" in upto:
+    unet = config.segment.method == "unet"
+    map_vars = ["probability"] if unet else []
+    if "maps" in upto and unet:
         map_vars = _ensure_map_arrays(video, store, step, config, hashes)
     if "labels" in upto and _stage_record(store, "labels").get("hash") != hashes["labels"]:
         create_labels_array(
@@ -375,7 +380,7 @@ def plan_video(
 
     _write_text_atomic(store / STATE_DIR / "config.json", json.dumps(dump_config(config), indent=1))
     for stage in CHUNK_STAGES:
-        if stage not in upto:
+        if stage not in upto or (stage == "maps" and not unet):
             continue
         todo = []
         for i in range(len(chunks)):
@@ -561,13 +566,25 @@ def task_labels(
     map_vars: list,
     _dep: Any = None,
 ) -> int:
-    """Particle instances of frames ``a:b`` from the stored maps."""
+    """Particle instances of frames ``a:b`` from the stored maps (or a classical baseline)."""
     from .segment.postprocess import label_frames
 
     ds = _open_chunk(Path(store), a, b)
-    maps = ds[list(map_vars)].load()
-    arg = maps if len(map_vars) > 1 else maps[map_vars[0]]
-    labels = label_frames(arg, **kwargs).compute(scheduler="synchronous")
+    if kwargs.get("method", "unet") != "unet":
+        from .segment.baselines import segment_baseline
+
+        labels = segment_baseline(
+            ds[IMAGE].load(),
+            method=kwargs["method"],
+            params=kwargs.get("baseline_params") or None,
+            polarity=kwargs.get("polarity", "dark"),
+            particle_size_px=kwargs.get("particle_size_px"),
+        ).compute(scheduler="synchronous")
+    else:
+        maps = ds[list(map_vars)].load()
+        arg = maps if len(map_vars) > 1 else maps[map_vars[0]]
+        kw = {k: kwargs[k] for k in ("threshold", "min_area_px", "split_touching")}
+        labels = label_frames(arg, **kw).compute(scheduler="synchronous")
     _write_region(Path(store), LABELS_ARRAY, a, np.asarray(labels.values, dtype=np.int32))
     _finish_chunk(Path(store), "labels", chunk, stage_hash)
     return chunk
@@ -658,7 +675,13 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
     maps_kw = _maps_kwargs(config)
     s = config.segment
     labels_kw = dict(
-        threshold=s.threshold, min_area_px=s.min_area_px, split_touching=s.split_touching
+        threshold=s.threshold,
+        min_area_px=s.min_area_px,
+        split_touching=s.split_touching,
+        method=s.method,
+        baseline_params=dict(s.baseline_params),
+        polarity=s.polarity,
+        particle_size_px=s.particle_size_px,
     )
     measure_kw = dump_config(config.measure)
     map_vars = _stage_record(plan.store, "maps").get("variables", ["probability"])
@@ -813,7 +836,7 @@ def run_videos(
     A source equal to its store (a store written by ``lptem ingest``) is
     processed in place: its ``image`` is kept as it is.
     """
-    from distributed import as_completed, performance_report
+    from distributed import as_completed
 
     from .cluster import dashboard_link, make_client
 
@@ -844,6 +867,8 @@ def run_videos(
                 try:
                     stack.enter_context(store_lock(store))
                     plan = plan_video(src, store, config, overwrite=overwrite, until=until)
+                except LockedError:
+                    raise  # another run owns this output: refuse the whole run
                 except Exception as exc:  # a broken file must not stop the others
                     logger.debug("planning %s failed:\n%s", src, traceback.format_exc())
                     row.update(status="failed", error=_short_error(exc))
@@ -855,9 +880,7 @@ def run_videos(
                     continue
                 plans.append(plan)
             if report_dir is not None:
-                stack.enter_context(
-                    performance_report(filename=str(report_dir / "dask-performance-report.html"))
-                )
+                stack.enter_context(_best_effort_performance_report(report_dir))
             all_futs: dict[str, list] = {st: [] for st in ALL_STAGES}
             owner: dict[str, str] = {}
             for plan in plans:
@@ -891,6 +914,27 @@ def run_videos(
     status = pd.DataFrame(list(rows.values()))
     status["seconds"] = round(time.time() - t0, 2)
     return status
+
+
+@contextlib.contextmanager
+def _best_effort_performance_report(report_dir: Path):
+    """Dask's performance report of the run; failing to write it never fails the run."""
+    from distributed import performance_report
+
+    report = performance_report(filename=str(report_dir / "dask-performance-report.html"))
+    try:
+        report.__enter__()
+    except Exception as exc:  # pragma: no cover - dashboard not available
+        logger.warning("no Dask performance report: %s", exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            report.__exit__(None, None, None)
+        except Exception as exc:
+            logger.warning("could not write the Dask performance report: %s", exc)
 
 
 class _Bars:

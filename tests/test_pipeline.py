@@ -258,3 +258,16 @@ def test_killed_runs_resume_bit_identical(inputs: Path, tmp_path: Path):
         for stage in ("image", "maps", "labels", "regions"):
             extra = sum(n - 1 for n in _counts(out / f"{video}.zarr", stage).values())
             assert extra <= 2 * 3
+
+
+def test_classical_baseline_in_the_pipeline(inputs: Path, tmp_path: Path, client):
+    cfg = _config(inputs, tmp_path / "out", segment={"method": "otsu", "baseline_params": {"sigma_rel": 0.1}})
+    cfg["videos"] = [str(inputs / "movie0.tif")]
+    status = run_pipeline(config_from_mapping(PipelineConfig, cfg), client=client, progress=False)
+    assert list(status["status"]) == ["done"]
+    store = tmp_path / "out" / "movie0.zarr"
+    ds = open_store_dataset(store)
+    assert "probability" not in ds and "labels" in ds
+    regions = pd.read_parquet(table_path(store, "regions"))
+    # three dark discs per frame in every frame
+    assert regions.groupby("frame").size().median() == 3

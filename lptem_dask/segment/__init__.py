@@ -15,6 +15,7 @@ _API = {
     "TrainConfig": "lptem_dask.segment.train",
     "load_model": "lptem_dask.models",
     "segment_baseline": "lptem_dask.segment.baselines",
+    "tune_baseline": "lptem_dask.segment.baselines",
 }
 __all__ = list(_API)
 
