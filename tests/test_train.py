@@ -11,7 +11,8 @@ import torch
 from lptem_dask.config import config_hash, load_config
 from lptem_dask.errors import ConfigError, InputError, OutputExistsError
 from lptem_dask.segment._data import ArraySource, AugmentedDataset, boundary_from_labels
-from lptem_dask.segment._metrics import match_counts, object_f1, pixel_iou
+from lptem_dask.segment._metrics import match_counts, object_f1
+from lptem_dask.segment.metrics import pixel_iou
 from lptem_dask.segment.train import (
     AugmentConfig,
     DataConfig,
