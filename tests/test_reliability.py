@@ -213,7 +213,7 @@ def test_run_out_of_space_then_rerun_identical(inputs: Path, tmp_path: Path):  #
 
 
 def test_second_run_on_same_output_refused(inputs: Path, tmp_path: Path):  # noqa: F811
-    """A held lock (this live process): `run_pipeline` refuses the store, naming pid and host."""
+    """A held lock (this live process): `run_pipeline` refuses the run, naming pid and host."""
     from lptem_dask.cluster import make_client
 
     cfg = config_from_mapping(
@@ -225,17 +225,13 @@ def test_second_run_on_same_output_refused(inputs: Path, tmp_path: Path):  # noq
         store_lock(store) as lock,
         make_client(ClusterConfig(n_workers=1, threads_per_worker=1, dashboard_port=0)) as client,
     ):
-        status = run_pipeline(cfg, client=client, progress=False)
+        with pytest.raises(LockedError) as err:
+            run_pipeline(cfg, client=client, progress=False)
         assert lock.exists()  # the second run left the owner's lock alone
         owner = json.loads(lock.read_text())
-    row = status.iloc[0]
-    assert row["status"] == "failed"
-    assert f"pid {os.getpid()}" in row["error"] and socket.gethostname() in row["error"]
-    assert "lock" in row["error"] and owner == {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "what": "run",
-    }
+    msg = str(err.value)
+    assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg and "lock" in msg
+    assert owner == {"pid": os.getpid(), "host": socket.gethostname(), "what": "run"}
     assert not store.exists()  # nothing of the locked output was touched
     assert not lock.exists()  # released when the owner finished
 
