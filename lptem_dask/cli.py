@@ -156,7 +156,10 @@ def demo(
     """Run the main job on embedded defaults: a small simulated video, ingested and described."""
     from .demo import run_demo
 
-    run_demo(out, overwrite=overwrite)
+    _quiet_dask_logs()
+    result = run_demo(out, overwrite=overwrite)
+    if (result["status"]["status"] == "failed").any():
+        raise typer.Exit(1)
 
 
 @app.command()

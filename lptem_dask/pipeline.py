@@ -425,6 +425,12 @@ def _create_image_array(video, store: Path, step: int, config: PipelineConfig) -
     ds = video.to_dataset(name=IMAGE)
     ds[IMAGE].encoding = {}
     ds = ds.chunk({"frame": step})
+    # coordinates must be in memory: with compute=False, to_zarr writes only their
+    # metadata when they are dask arrays (non-index coordinates such as `time` are)
+    for name in list(ds.coords):
+        if name not in ds.dims:
+            coord = video.coords[name]
+            ds = ds.assign_coords({name: (coord.dims, np.asarray(coord.values), coord.attrs)})
     ds.attrs = {}
     attrs = dict(video.attrs)
     attrs.setdefault("history", [])

@@ -130,6 +130,8 @@ def test_run_resume_and_invalidate(inputs: Path, tmp_path: Path, client):
     assert ds["image"].chunks[0] == (PER_CHUNK,) * (N_FRAMES // PER_CHUNK)
     regions = pd.read_parquet(table_path(store, "regions"))
     assert set(regions["frame"]) <= set(range(N_FRAMES))
+    np.testing.assert_allclose(ds["time"].values, np.arange(N_FRAMES) * 0.1)
+    np.testing.assert_allclose(regions["time_s"], regions["frame"] * 0.1)
     assert "particle" in pd.read_parquet(table_path(store, "tracks")).columns
     n_chunks = N_FRAMES // PER_CHUNK
     for stage in ("image", "maps", "labels", "regions"):
