@@ -623,7 +623,11 @@ def task_regions(
 
 def task_tracks(store: str, stage_hash: str, kwargs: dict, _deps: Any = None) -> int:
     """Link the whole video's regions into tracks (bounded memory, windowed)."""
+    import trackpy
+
     from .track import link_store
+
+    trackpy.quiet()  # no per-frame messages from the worker
 
     link_store(store, overwrite=True, **kwargs)
     _set_stage_record(Path(store), "tracks", {"hash": stage_hash, "complete": True})
