@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Peak memory of `lptem run` against video length (memory bounded by chunk size).
+
+Writes two 512x512 uint16 TIFF videos (short and long) of dark particles on a noisy
+background, runs ``lptem run`` (segment + measure + link, no report) on each in a
+fresh process, samples the RSS summed over that process and all its children (the
+Dask workers) every 0.1 s, and prints and saves the peak of each and their ratio.
+
+    python benchmarks/bench_pipeline_memory.py [--short 200] [--long 2000]
+
+Target: peak(long) / peak(short) <= 1.3. Saves benchmarks/results/pipeline_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import tifffile
+import yaml
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def write_video(path: Path, n_frames: int, size: int = 512, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.uniform(30, size - 30, size=(20, 2))
+    with tifffile.TiffWriter(path, imagej=True) as tif:
+        for _ in range(n_frames):
+            centres = np.clip(centres + rng.normal(0, 1.5, centres.shape), 20, size - 20)
+            t = np.zeros((size, size))
+            for cy, cx in centres:
+                t += np.clip(100 - (yy - cy) ** 2 - (xx - cx) ** 2, 0, None) ** 0.5
+            frame = rng.poisson(1000 * np.exp(-t / 40)).astype(np.uint16)
+            tif.write(
+                frame[None],
+                contiguous=True,
+                resolution=(1 / 2.0, 1 / 2.0),
+                metadata={"unit": "nm", "finterval": 0.1, "axes": "TYX"},
+            )
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run(config: Path) -> dict:
+    exe = Path(sys.executable).with_name("lptem")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(
+        [str(exe), "run", str(config), "--no-progress", "--overwrite"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    proc = psutil.Process(p.pid)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(proc))
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rc = p.wait()
+    stop.set()
+    th.join()
+    if rc != 0:
+        raise SystemExit(f"lptem run failed ({rc}): {p.stderr.read().decode()[-2000:]}")
+    return {"peak_rss_gb": peak[0] / 1e9, "wall_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--short", type=int, default=200)
+    ap.add_argument("--long", type=int, default=2000)
+    args = ap.parse_args()
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for name, n in (("short", args.short), ("long", args.long)):
+            video = d / f"{name}.tif"
+            write_video(video, n)
+            cfg = d / f"{name}.yaml"
+            cfg.write_text(
+                yaml.safe_dump(
+                    {
+                        "videos": [str(video)],
+                        "output_dir": str(d / f"out_{name}"),
+                        "frames_per_chunk": 20,
+                        "report": False,
+                        "cluster": {
+                            "kind": "local",
+                            "n_workers": 2,
+                            "threads_per_worker": 1,
+                            "dashboard_port": 0,
+                        },
+                        "segment": {"particle_size_px": 20},
+                        "link": {"search_range_nm": 20.0, "memory": 2},
+                    }
+                )
+            )
+            out[name] = {"frames": n, **run(cfg)}
+            print(name, out[name], flush=True)
+    out["ratio_long_over_short"] = out["long"]["peak_rss_gb"] / out["short"]["peak_rss_gb"]
+    out["command"] = "python benchmarks/bench_pipeline_memory.py " + " ".join(sys.argv[1:])
+    out["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(json.dumps(out, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pipeline_memory.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
