@@ -31,22 +31,20 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def write_video(path: Path, n_frames: int, size: int = 512, seed: int = 0) -> None:
+    """Dark discs (radius 10 px) drifting on a Poisson background, frame by frame."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
+    r = 10
+    yy, xx = np.mgrid[-r - 1 : r + 2, -r - 1 : r + 2]
     centres = rng.uniform(30, size - 30, size=(20, 2))
-    with tifffile.TiffWriter(path, imagej=True) as tif:
+    with tifffile.TiffWriter(path) as tif:
         for _ in range(n_frames):
             centres = np.clip(centres + rng.normal(0, 1.5, centres.shape), 20, size - 20)
             t = np.zeros((size, size))
             for cy, cx in centres:
-                t += np.clip(100 - (yy - cy) ** 2 - (xx - cx) ** 2, 0, None) ** 0.5
-            frame = rng.poisson(1000 * np.exp(-t / 40)).astype(np.uint16)
-            tif.write(
-                frame[None],
-                contiguous=True,
-                resolution=(1 / 2.0, 1 / 2.0),
-                metadata={"unit": "nm", "finterval": 0.1, "axes": "TYX"},
-            )
+                iy, ix = int(cy), int(cx)
+                patch = np.clip(r**2 - (yy + iy - cy) ** 2 - (xx + ix - cx) ** 2, 0, None) ** 0.5
+                t[iy - r - 1 : iy + r + 2, ix - r - 1 : ix + r + 2] += patch
+            tif.write(rng.poisson(1000 * np.exp(-t / 40)).astype(np.uint16), contiguous=True)
 
 
 def tree_rss(proc: psutil.Process) -> int:
