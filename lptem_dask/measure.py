@@ -905,6 +905,21 @@ def part_files(store_or_path: str | os.PathLike, name: str | None = None) -> lis
     return sorted(d.glob("part.*.parquet"))
 
 
+def read_table_pandas(store_or_path: str | os.PathLike, name: str | None = None) -> pd.DataFrame:
+    """A whole table in memory (small tables only; see :func:`read_table` for lazy reads).
+
+    Raises
+    ------
+    StoreError
+        If the table has no part files.
+    """
+    files = part_files(store_or_path, name)
+    if not files:
+        where = _table_dir(store_or_path, name)
+        raise StoreError(f"table {str(where)!r} has no part files; run `lptem measure` first")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
 def read_table(store_or_path: str | os.PathLike, name: str | None = None) -> dd.DataFrame:
     """Read a table written by :func:`write_table` as a lazy dask DataFrame (one partition per part).
 

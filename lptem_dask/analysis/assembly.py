@@ -649,10 +649,9 @@ def plot_assembly(stats: pd.DataFrame, fit: dict[str, Any], chains: pd.DataFrame
 
 # ------------------------------------------------------------------------- store
 def _read_parquet(path: Path) -> pd.DataFrame:
-    files = sorted(path.glob("part.*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise StoreError(f"table {str(path)!r} has no part files; run `lptem measure` first")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    from ..measure import read_table_pandas
+
+    return read_table_pandas(path)
 
 
 def run_assembly(

@@ -776,10 +776,9 @@ def plot_etching(analysis: dict[str, Any], contours: pd.DataFrame | None = None,
 
 # ---------------------------------------------------------------------- store
 def _read_parquet(path: Path) -> pd.DataFrame:
-    files = sorted(path.glob("part.*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise StoreError(f"table {str(path)!r} has no part files")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    from ..measure import read_table_pandas
+
+    return read_table_pandas(path)
 
 
 def run_etching(
