@@ -201,6 +201,18 @@ class ParticlesConfig(StageConfig):
     ghost_count: IntRange = Field(default=0, description="unlabelled blurred/fast particles")
     ghost_blur_px: Range = (5.0, 20.0)
     ghost_diffusion_nm2_s: Range = Field(default=0.0, description="D of ghosts during exposure")
+    min_gap_px: float | None = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "random layouts: smallest gap between two labelled particles' projections, px "
+            "(0: they may touch, never overlap; null: overlaps allowed, as in a thick liquid "
+            "layer)"
+        ),
+    )
+    placement_tries: int = Field(
+        default=30, ge=1, le=1000, description="positions tried per particle before it is dropped"
+    )
 
     @model_validator(mode="after")
     def _check(self):

@@ -255,10 +255,91 @@ def sample_particles(
         )
     df = pd.DataFrame(rows, columns=[*TRUTH_COLUMNS, "radius_profile_nm"])
     df = df.astype({k: v for k, v in TRUTH_COLUMNS.items() if v != "object"})
+    if not lattice and pc.min_gap_px is not None and n > 1:
+        df = _place_without_overlap(
+            rng, df, n_px=n_px, pad=pad, pixel_size_nm=ps, gap_px=pc.min_gap_px,
+            tries=pc.placement_tries,
+        )
     lab = np.zeros(len(df), dtype=np.int32)
     lab[df["labelled"].to_numpy()] = np.arange(1, int(df["labelled"].sum()) + 1)
     df["label"] = lab
     return df
+
+
+def _footprint(row: dict, cy: float, cx: float, ps: float, grow_px: int):
+    """Projected footprint of a particle centred at (cy, cx): (y0, x0, bool patch)."""
+    rb = bounding_radius_nm(row["shape"], float(row["size_nm"]), float(_get(row, "diameter_nm", 0.0)))
+    r = rb / ps + grow_px + 1
+    y0, x0 = int(np.floor(cy - r)), int(np.floor(cx - r))
+    y1, x1 = int(np.ceil(cy + r)) + 1, int(np.ceil(cx + r)) + 1
+    dy = (np.arange(y0, y1) - cy)[:, None]
+    dx = (np.arange(x0, x1) - cx)[None, :]
+    m = thickness(dy, dx, row, pixel_size_nm=ps) > 0
+    if grow_px > 0:
+        m = ndimage.binary_dilation(m, iterations=grow_px)
+    return y0, x0, m
+
+
+def _place_without_overlap(
+    rng: np.random.Generator,
+    df: pd.DataFrame,
+    *,
+    n_px: int,
+    pad: float,
+    pixel_size_nm: float,
+    gap_px: float,
+    tries: int,
+) -> pd.DataFrame:
+    """Random sequential addition with hard-core exclusion of the labelled particles.
+
+    Particles adsorbed in the thin liquid layer next to a window form a 2-D
+    layer and cannot interpenetrate, so their projections do not overlap.
+    Each labelled particle keeps its drawn position if its footprint (its
+    exact projected shape, grown by ``gap_px``) is free, else up to ``tries``
+    uniform positions are drawn; a particle that finds no room is dropped, so
+    crowded frames of large particles hold fewer than ``count``. Ghosts
+    (out-of-focus, unlabelled) are left alone.
+    """
+    grow = int(np.ceil(gap_px))
+    m0 = int(np.ceil(pad)) + 2
+    size = n_px + 2 * m0
+    occ = np.zeros((size, size), dtype=bool)
+    keep = np.ones(len(df), dtype=bool)
+    ys = df["y"].to_numpy(dtype=np.float64).copy()
+    xs = df["x"].to_numpy(dtype=np.float64).copy()
+    records = df.to_dict("records")
+    for i, row in enumerate(records):
+        if not row["labelled"]:
+            continue
+        cy, cx = ys[i], xs[i]
+        placed = False
+        for t in range(tries):
+            if t:
+                cy = float(rng.uniform(-pad, n_px - 1 + pad))
+                cx = float(rng.uniform(-pad, n_px - 1 + pad))
+            y0, x0, m = _footprint(row, cy, cx, pixel_size_nm, grow)
+            sl = _slices(y0 + m0, x0 + m0, m.shape, (size, size))
+            if sl is None:
+                continue
+            cs, psl = sl
+            if not (occ[cs] & m[psl]).any():
+                # occupy the bare footprint; the grown one was tested
+                if grow:
+                    y0, x0, m = _footprint(row, cy, cx, pixel_size_nm, 0)
+                    sl = _slices(y0 + m0, x0 + m0, m.shape, (size, size))
+                    if sl is not None:
+                        cs, psl = sl
+                        occ[cs] |= m[psl]
+                else:
+                    occ[cs] |= m[psl]
+                placed = True
+                break
+        keep[i] = placed
+        ys[i], xs[i] = cy, cx
+    out = df.copy()
+    out["y"] = ys
+    out["x"] = xs
+    return out.loc[keep].reset_index(drop=True)
 
 
 def _smooth_noise(rng, n: int, corr: float) -> np.ndarray:
