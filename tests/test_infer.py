@@ -288,3 +288,17 @@ def test_gpu_matches_cpu_in_half_precision(frames, net):
     np.testing.assert_allclose(gpu, cpu, atol=2e-2)
     gpu32 = predict_probability(video(frames), model=net, device="cuda", precision="float32").values
     np.testing.assert_allclose(gpu32, cpu, atol=1e-3)
+
+
+def test_lp_segment_is_callable_whatever_was_imported_first(frames, net):
+    # this module imported lptem_dask.segment.infer before touching lp.segment,
+    # which binds the subpackage to the name; it must still segment
+    import lptem_dask as lp
+    import lptem_dask.segment as seg_pkg
+
+    assert callable(lp.segment)
+    v = video(frames[:2])
+    a = np.asarray(lp.segment(v, model=net, particle_size_px=10))
+    b = np.asarray(segment(v, model=net, particle_size_px=10))
+    np.testing.assert_array_equal(a, b)
+    assert seg_pkg.predict_maps is predict_maps

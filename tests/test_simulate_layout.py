@@ -65,3 +65,24 @@ def test_overlaps_allowed_when_gap_is_null():
     df = sample_particles(rng, cfg, params)
     assert int(df["labelled"].sum()) == 60
     assert _coverage(df, params["pixel_size_nm"], cfg.optics.image_size_px).max() > 1
+
+
+def test_thin_liquid_regions_brighten_part_of_the_field():
+    from lptem_dask.simulate import make_background
+
+    d = dump_config(load_simulation_config("mixed"))
+    d["background"].update(
+        thin_region_probability=1.0, thin_region_fraction=0.3, thin_region_depth=0.8,
+        liquid_variation_nm=0.0,
+    )
+    cfg = config_from_mapping(SimulationConfig, d, source="test")
+    rng = np.random.default_rng(3)
+    params = sample_image_params(rng, cfg)
+    bg = make_background(cfg, rng=rng, params=params)
+    t = np.asarray(bg["liquid_nm"])
+    t0 = params["liquid_thickness_nm"]
+    thin = t < 0.5 * t0
+    # about 30 % of the field lost about 80 % of its liquid; the rest is untouched
+    assert 0.15 < thin.mean() < 0.35
+    assert np.isclose(t.min(), 0.2 * t0, rtol=0.05)
+    assert np.isclose(np.median(t[t > 0.99 * t0]), t0)

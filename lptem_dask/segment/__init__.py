@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _API = {
@@ -25,3 +27,22 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'lptem_dask.segment' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+class _CallableModule(types.ModuleType):
+    """``lptem_dask.segment`` is both this subpackage and the public function.
+
+    Importing any ``lptem_dask.segment.*`` submodule makes Python bind the
+    package object to ``lptem_dask.segment``, shadowing the function
+    ``lp.segment``; calling the package forwards to
+    :func:`lptem_dask.segment.infer.segment` so ``lp.segment(video, ...)``
+    works whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .infer import segment
+
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

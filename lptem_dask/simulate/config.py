@@ -127,10 +127,29 @@ class BackgroundConfig(StageConfig):
     speck_radius_px: Range = (1.0, 3.0)
     speck_thickness_nm: Range = (2.0, 8.0)
     speck_mfp_nm: float = Field(default=100.0, gt=0)
+    thin_region_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="probability an image has thin-liquid regions (dewetting, bubbles)",
+    )
+    thin_region_fraction: Range = Field(
+        default=(0.1, 0.5), description="fraction of the field the thin regions cover"
+    )
+    thin_region_depth: Range = Field(
+        default=(0.3, 0.9), description="fraction of the liquid thickness missing there"
+    )
+    thin_region_scale_px: Range = Field(
+        default=(60.0, 250.0), description="correlation length of the regions' outline, px"
+    )
+    thin_region_edge_px: Range = Field(default=(2.0, 15.0), description="width of their edge, px")
 
     @model_validator(mode="after")
     def _check(self):
         for name in (
+            "thin_region_fraction",
+            "thin_region_depth",
+            "thin_region_edge_px",
             "liquid_variation_nm",
             "illumination_gradient",
             "specks",
@@ -139,6 +158,11 @@ class BackgroundConfig(StageConfig):
         ):
             _check_range(getattr(self, name), name, low=0.0)
         _check_range(self.liquid_correlation_px, "liquid_correlation_px", low=1.0)
+        _check_range(self.thin_region_scale_px, "thin_region_scale_px", low=1.0)
+        for name in ("thin_region_fraction", "thin_region_depth"):
+            v = getattr(self, name)
+            if max(v if isinstance(v, tuple) else (v,)) > 1.0:
+                raise ValueError(f"`background.{name}` must lie in [0, 1], got {v}")
         return self
 
 

@@ -438,6 +438,15 @@ def make_background(
     corr = _draw(b.liquid_correlation_px, rng)
     if sig > 0:
         out["liquid_nm"] = params["liquid_thickness_nm"] + sig * _gaussian_field(rng, shape, corr)
+    if b.thin_region_probability > 0 and rng.random() < b.thin_region_probability:
+        # thin-liquid regions (dewetting, a growing bubble): the level set of a
+        # smooth random field, with a soft edge, where a fraction of the liquid is missing
+        frac = _draw(b.thin_region_fraction, rng)
+        depth = _draw(b.thin_region_depth, rng)
+        field = _gaussian_field(rng, shape, _draw(b.thin_region_scale_px, rng))
+        region = (field > np.quantile(field, 1.0 - frac)).astype(np.float64)
+        region = ndimage.gaussian_filter(region, _draw(b.thin_region_edge_px, rng) / 2.0)
+        out["liquid_nm"] = np.clip(out["liquid_nm"] * (1.0 - depth * region), 0.0, None)
     g = _draw(b.illumination_gradient, rng)
     if g > 0:
         phi = rng.uniform(0, 2 * np.pi)
