@@ -354,7 +354,7 @@ def predict_maps(
     data = (
         video.data
         if isinstance(video.data, da.Array)
-        else da.from_array(video.values, chunks=(1, -1, -1))
+        else da.from_array(video.values, chunks=(batch_size, -1, -1))
     )
     if data.numblocks[1:] != (1, 1):
         data = data.rechunk({1: -1, 2: -1})
