@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lptem-installed
 
-.PHONY: demo test test-all lint typecheck bench clean-venv
+.PHONY: demo test test-all lint typecheck bench model clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# the shipped default U-Net, in two stages of 50 min each on 2 CPU cores (see the configs)
+model: $(STAMP)
+	$(VENV)/bin/lptem train configs/train/default_stage1.yaml --out lptem_dask/models --name default
+	$(VENV)/bin/lptem train configs/train/default.yaml --out lptem_dask/models --name default
 
 clean-venv:
 	rm -rf $(VENV)

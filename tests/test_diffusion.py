@@ -322,7 +322,7 @@ def _default_model_or_skip():
     if not weights.exists():
         pytest.skip(
             f"the default U-Net {str(weights)!r} does not exist yet; train it with "
-            "`lptem train configs/train/default.yaml --out lptem_dask/models --name default`"
+            "`make model`"
         )
 
 

@@ -16,7 +16,7 @@ def _default_model_or_skip() -> None:
 
     weights, _card = default_model_paths()
     if not weights.exists():
-        msg = "the shipped default model is missing; train it with `lptem train configs/train/default.yaml --out lptem_dask/models --name default`"
+        msg = "the shipped default model is missing; train it with `make model`"
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(msg)
 
 

@@ -1,8 +1,10 @@
 """The shipped default model and the model loader.
 
 ``lptem_dask/models/default.safetensors`` + ``default.json`` hold the default
-U-Net (preset "fast") trained on simulated images. They are produced by::
+U-Net (preset "fast") trained on simulated images. They are produced by
+``make model``, i.e. two stages (the second starts from the first's weights)::
 
+    lptem train configs/train/default_stage1.yaml --out lptem_dask/models --name default
     lptem train configs/train/default.yaml --out lptem_dask/models --name default
 
 (Python: ``lptem_dask.segment.train.train_command("configs/train/default.yaml",
@@ -22,7 +24,9 @@ __all__ = ["load_model", "default_model_paths", "DEFAULT_TRAIN_COMMAND"]
 _HERE = Path(__file__).resolve().parent
 
 DEFAULT_TRAIN_COMMAND = (
-    "lptem train configs/train/default.yaml --out lptem_dask/models --name default"
+    "`make model`, i.e. lptem train configs/train/default_stage1.yaml --out lptem_dask/models "
+    "--name default, then lptem train configs/train/default.yaml --out lptem_dask/models "
+    "--name default"
 )
 
 
