@@ -73,7 +73,7 @@ def test_prism_centroid_and_orientation_on_segmented_labels():
     print(f"prisms at CNR {MODERATE}: {len(rows)} matched of {n_true}; centroid median "
           f"{np.median(cerr):.3f} px, p95 {np.quantile(cerr, 0.95):.3f} px; orientation "
           f"median {np.median(oerr):.2f} deg")
-    assert len(rows) >= 0.8 * n_true * 0.6
+    assert len(rows) >= 20  # interior prisms found and matched (IoU >= 0.5)
     assert np.median(cerr) < 0.5 and np.quantile(cerr, 0.95) < 1.5
     assert np.median(oerr) < 3.0
 
