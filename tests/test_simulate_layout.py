@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from lptem_dask.config import config_from_mapping, dump_config
-from lptem_dask.simulate import SimulationConfig, load_simulation_config, sample_image_params, sample_particles
+from lptem_dask.simulate import (
+    SimulationConfig,
+    load_simulation_config,
+    sample_image_params,
+    sample_particles,
+)
 from lptem_dask.simulate.scene import _footprint
 
 
@@ -72,7 +77,9 @@ def test_thin_liquid_regions_brighten_part_of_the_field():
 
     d = dump_config(load_simulation_config("mixed"))
     d["background"].update(
-        thin_region_probability=1.0, thin_region_fraction=0.3, thin_region_depth=0.8,
+        thin_region_probability=1.0,
+        thin_region_fraction=0.3,
+        thin_region_depth=0.8,
         liquid_variation_nm=0.0,
     )
     cfg = config_from_mapping(SimulationConfig, d, source="test")

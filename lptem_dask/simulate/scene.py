@@ -257,7 +257,12 @@ def sample_particles(
     df = df.astype({k: v for k, v in TRUTH_COLUMNS.items() if v != "object"})
     if not lattice and pc.min_gap_px is not None and n > 1:
         df = _place_without_overlap(
-            rng, df, n_px=n_px, pad=pad, pixel_size_nm=ps, gap_px=pc.min_gap_px,
+            rng,
+            df,
+            n_px=n_px,
+            pad=pad,
+            pixel_size_nm=ps,
+            gap_px=pc.min_gap_px,
             tries=pc.placement_tries,
         )
     lab = np.zeros(len(df), dtype=np.int32)
@@ -268,7 +273,9 @@ def sample_particles(
 
 def _footprint(row: dict, cy: float, cx: float, ps: float, grow_px: int):
     """Projected footprint of a particle centred at (cy, cx): (y0, x0, bool patch)."""
-    rb = bounding_radius_nm(row["shape"], float(row["size_nm"]), float(_get(row, "diameter_nm", 0.0)))
+    rb = bounding_radius_nm(
+        row["shape"], float(row["size_nm"]), float(_get(row, "diameter_nm", 0.0))
+    )
     r = rb / ps + grow_px + 1
     y0, x0 = int(np.floor(cy - r)), int(np.floor(cx - r))
     y1, x1 = int(np.ceil(cy + r)) + 1, int(np.ceil(cx + r)) + 1
