@@ -191,11 +191,12 @@ def closed_curvature(points: np.ndarray, *, sigma_px: float = 2.0) -> np.ndarray
     dX, dY = np.fft.ifft(1j * k1 * FX).real, np.fft.ifft(1j * k1 * FY).real
     ddX, ddY = np.fft.ifft(-(k**2) * FX).real, np.fft.ifft(-(k**2) * FY).real
     speed = np.hypot(dX, dY)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a degenerate outline (zero speed) gives NaN curvature, silently
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kappa = (dX * ddY - dY * ddX) / speed**3
-    # Gaussian smoothing shrinks a circle of radius R by exp(-sigma^2 / 2R^2), so it
-    # raises its curvature by the inverse factor; undo that to first order.
-    return kappa * np.exp(-0.5 * (sigma_px * kappa) ** 2)
+        # Gaussian smoothing shrinks a circle of radius R by exp(-sigma^2 / 2R^2), so it
+        # raises its curvature by the inverse factor; undo that to first order.
+        return kappa * np.exp(-0.5 * (sigma_px * kappa) ** 2)
 
 
 # --------------------------------------------------------------------- descriptors
