@@ -109,7 +109,9 @@ def main() -> None:
                             "threads_per_worker": 1,
                             "dashboard_port": 0,
                         },
-                        "segment": {"particle_size_px": 41.6},  # the model's own scale: no rescaling
+                        "segment": {
+                            "particle_size_px": 41.6
+                        },  # the model's own scale: no rescaling
                         "link": {"search_range_nm": 20.0, "memory": 2},
                     }
                 )

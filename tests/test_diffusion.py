@@ -321,8 +321,7 @@ def _default_model_or_skip():
     weights, _ = default_model_paths()
     if not weights.exists():
         pytest.skip(
-            f"the default U-Net {str(weights)!r} does not exist yet; train it with "
-            "`make model`"
+            f"the default U-Net {str(weights)!r} does not exist yet; train it with `make model`"
         )
 
 

@@ -168,7 +168,8 @@ def test_run_resume_and_invalidate(inputs: Path, tmp_path: Path, client):
 
     # a changed threshold redoes labels and what follows, never the U-Net maps
     cfg3 = config_from_mapping(
-        PipelineConfig, _config(inputs, out, link={"search_range_nm": 8.0}, segment={"threshold": 0.6})
+        PipelineConfig,
+        _config(inputs, out, link={"search_range_nm": 8.0}, segment={"threshold": 0.6}),
     )
     run_pipeline(cfg3, client=client, progress=False)
     assert _counts(store, "maps") == dict.fromkeys(range(n_chunks), 1)
@@ -248,7 +249,9 @@ def test_killed_runs_resume_bit_identical(inputs: Path, tmp_path: Path):
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode() if proc.stderr else ""
 
     for video in ("movie0", "movie1", "movie2"):
-        _assert_same(_snapshot(tmp_path / "ref" / f"{video}.zarr"), _snapshot(out / f"{video}.zarr"))
+        _assert_same(
+            _snapshot(tmp_path / "ref" / f"{video}.zarr"), _snapshot(out / f"{video}.zarr")
+        )
     # a chunk completed before a kill is never computed again
     completed = set().union(*markers_at_kill)
     assert completed, "no chunk had finished at any kill"
@@ -263,7 +266,9 @@ def test_killed_runs_resume_bit_identical(inputs: Path, tmp_path: Path):
 
 
 def test_classical_baseline_in_the_pipeline(inputs: Path, tmp_path: Path, client):
-    cfg = _config(inputs, tmp_path / "out", segment={"method": "otsu", "baseline_params": {"sigma_rel": 0.1}})
+    cfg = _config(
+        inputs, tmp_path / "out", segment={"method": "otsu", "baseline_params": {"sigma_rel": 0.1}}
+    )
     cfg["videos"] = [str(inputs / "movie0.tif")]
     status = run_pipeline(config_from_mapping(PipelineConfig, cfg), client=client, progress=False)
     assert list(status["status"]) == ["done"]

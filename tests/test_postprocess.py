@@ -175,7 +175,12 @@ def test_small_regions_dropped_and_ignore_mask():
 @pytest.mark.parametrize("chunks", [1, 5, (2, 3)])
 def test_chunk_invariance(chunks):
     rng = np.random.default_rng(1)
-    frames = np.stack([probability_from(touching_scene(rng, size=64, n_single=3, n_pairs=1)[0], rng) for _ in range(5)])
+    frames = np.stack(
+        [
+            probability_from(touching_scene(rng, size=64, n_single=3, n_pairs=1)[0], rng)
+            for _ in range(5)
+        ]
+    )
     expected = _label_block(frames)
     arr = da.from_array(frames, chunks=(chunks, -1, -1))
     got = label_frames(xr.DataArray(arr, dims=DIMS))
@@ -212,7 +217,12 @@ def test_chunk_invariance_property():
     hyp = pytest.importorskip("hypothesis")
     st = pytest.importorskip("hypothesis.strategies")
     rng = np.random.default_rng(11)
-    frames = np.stack([probability_from(touching_scene(rng, size=64, n_single=3, n_pairs=1)[0], rng) for _ in range(6)])
+    frames = np.stack(
+        [
+            probability_from(touching_scene(rng, size=64, n_single=3, n_pairs=1)[0], rng)
+            for _ in range(6)
+        ]
+    )
     expected = _label_block(frames)
 
     @hyp.settings(max_examples=5, deadline=None)
