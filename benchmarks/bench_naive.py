@@ -48,14 +48,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _proc import run_measured
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIXEL_SIZE_NM = 2.09
@@ -178,43 +177,6 @@ def naive_child(video_path: str, out_json: str, threads: int, n_run: int, weight
 
 
 # --------------------------------------------------------------------------- parent
-
-
-def tree_rss(proc) -> int:
-    import psutil
-
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def run_measured(cmd: list[str]) -> dict:
-    """Run ``cmd``; wall time and peak RSS summed over the process tree (0.1 s sampling)."""
-    import psutil
-
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = psutil.Process(p.pid)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, err = p.communicate()
-    stop.set()
-    th.join()
-    if p.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed ({p.returncode}): {err.decode()[-3000:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak[0] / 1e9}
 
 
 def main() -> None:

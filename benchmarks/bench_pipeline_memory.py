@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import tifffile
 import yaml
+from _proc import run_measured
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,41 +45,9 @@ def write_video(path: Path, n_frames: int, size: int = 512, seed: int = 0) -> No
             tif.write(rng.poisson(1000 * np.exp(-t / 40)).astype(np.uint16), contiguous=True)
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run(config: Path) -> dict:
     exe = Path(sys.executable).with_name("lptem")
-    t0 = time.perf_counter()
-    p = subprocess.Popen(
-        [str(exe), "run", str(config), "--no-progress", "--overwrite"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    proc = psutil.Process(p.pid)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    rc = p.wait()
-    stop.set()
-    th.join()
-    if rc != 0:
-        raise SystemExit(f"lptem run failed ({rc}): {p.stderr.read().decode()[-2000:]}")
-    return {"peak_rss_gb": peak[0] / 1e9, "wall_s": time.perf_counter() - t0}
+    return run_measured([str(exe), "run", str(config), "--no-progress", "--overwrite"])
 
 
 def main() -> None:
