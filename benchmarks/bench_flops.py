@@ -40,15 +40,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -240,12 +239,7 @@ def main() -> None:
             default, batch, args.size, bf16, args.profile_passes
         )
     res["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    res["command"] = "python benchmarks/bench_flops.py " + " ".join(sys.argv[1:])
-    res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    save_result(res, args.out, "bench_flops.py")
 
 
 if __name__ == "__main__":

@@ -32,16 +32,15 @@ Writes ``benchmarks/results/measure_scaling.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -186,17 +185,12 @@ def main() -> None:
     res["speedup_2x1_over_1x1"] = best["1x1"] / best["2x1"]
     res["target"] = ">= 1.5"
     res["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    res["command"] = "python benchmarks/bench_measure_scaling.py " + " ".join(sys.argv[1:])
-    res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(
         f"measure_store: 1x1 {res['frames_per_s']['1x1']:.2f} frames/s, 2x1 "
         f"{res['frames_per_s']['2x1']:.2f} frames/s, speedup {res['speedup_2x1_over_1x1']:.2f} "
         f"(target >= 1.5; {res['cpu_count']} cores)"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    save_result(res, args.out, "bench_measure_scaling.py")
 
 
 if __name__ == "__main__":

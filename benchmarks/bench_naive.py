@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _proc import run_measured
+from _common import run_measured, save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIXEL_SIZE_NM = 2.09
@@ -305,8 +305,6 @@ def main() -> None:
     res["target"] = "speed ratio >= 15"
     res["extrapolated"] = extrapolated
     res["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    res["command"] = "python benchmarks/bench_naive.py " + " ".join(sys.argv[1:])
-    res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tag = f"  (EXTRAPOLATED from {n_naive} of {args.frames} naive frames)" if extrapolated else ""
     print(
         f"speed ratio naive/pipeline: end to end {res['speed_ratio_end_to_end']:.2f}x "
@@ -317,10 +315,7 @@ def main() -> None:
         f"peak RSS: naive {naive['peak_rss_gb']:.2f} GB, pipeline {pipe['peak_rss_gb']:.2f} GB "
         "(summed over each process tree)"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    save_result(res, args.out, "bench_naive.py")
 
 
 if __name__ == "__main__":

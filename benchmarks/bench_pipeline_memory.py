@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import yaml
-from _proc import run_measured
+from _common import run_measured
 
 RESULTS = Path(__file__).parent / "results"
 

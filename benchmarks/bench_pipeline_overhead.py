@@ -50,15 +50,14 @@ Writes ``benchmarks/results/pipeline_overhead.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -285,8 +284,6 @@ def main() -> None:
         "match": n_pipe == n_bare == n_pipe2 == n_bare2,
     }
     res["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
-    res["command"] = "python benchmarks/bench_pipeline_overhead.py " + " ".join(sys.argv[1:])
-    res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for k in ("warm", "cold"):
         r = res[k]
         print(
@@ -296,10 +293,7 @@ def main() -> None:
             flush=True,
         )
     print(f"regions: pipeline {n_pipe}, bare {n_bare}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    save_result(res, args.out, "bench_pipeline_overhead.py")
 
 
 if __name__ == "__main__":

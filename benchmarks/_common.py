@@ -1,10 +1,13 @@
-"""Peak memory of a child process tree, shared by the memory benchmarks."""
+"""Helpers shared by the benchmarks: peak memory of a process tree, saving results."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -44,3 +47,13 @@ def run_measured(cmd: list[str]) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed ({p.returncode}): {err.decode()[-3000:]}")
     return {"wall_s": time.perf_counter() - t0, "peak_rss_gb": peak[0] / 1e9}
+
+
+def save_result(res: dict, out: str | Path, script: str) -> None:
+    """Stamp ``res`` with the command line and UTC date, write it as JSON to ``out``."""
+    res["command"] = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
+    res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
