@@ -57,3 +57,28 @@ def save_result(res: dict, out: str | Path, script: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
+
+
+def brownian_prisms(
+    n_frames: int, size: int, *, seed: int = 0, particles: int | None = None, **overrides
+):
+    """Lazy video of Brownian 100-nm prisms (20 per 512×512 frame unless ``particles``).
+
+    ``overrides`` go to ``simulate_video`` (e.g. ``pixel_size_nm``). Returns
+    ``(video, particles_per_frame)``.
+    """
+    from lptem_dask.simulate import simulate_video
+
+    n_p = particles or max(1, round(20 * (size / 512) ** 2))
+    video, _ = simulate_video(
+        "brownian",
+        "brownian_prisms",
+        seed=seed,
+        n_frames=n_frames,
+        frames_per_chunk=8,
+        image_size_px=size,
+        n_particles=n_p,
+        size_nm=100.5,
+        **overrides,
+    )
+    return video, n_p

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_measured, save_result
+from _common import brownian_prisms, run_measured, save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PIXEL_SIZE_NM = 2.09
@@ -67,20 +67,8 @@ def write_video(path: Path, n_frames: int, size: int, seed: int = 0) -> int:
     """Brownian 100-nm prisms (about 36 px across), 8-bit TIFF pages; returns particles/frame."""
     import tifffile
 
-    from lptem_dask.simulate import simulate_video
-
-    n_p = max(1, round(20 * (size / 512) ** 2))
-    video, _ = simulate_video(
-        "brownian",
-        "brownian_prisms",
-        seed=seed,
-        n_frames=n_frames,
-        frames_per_chunk=8,
-        image_size_px=size,
-        n_particles=n_p,
-        size_nm=100.5,
-        pixel_size_nm=PIXEL_SIZE_NM,
-        frame_interval_s=FRAME_INTERVAL_S,
+    video, n_p = brownian_prisms(
+        n_frames, size, seed=seed, pixel_size_nm=PIXEL_SIZE_NM, frame_interval_s=FRAME_INTERVAL_S
     )
     with tifffile.TiffWriter(path) as tif:
         for a in range(0, n_frames, 8):

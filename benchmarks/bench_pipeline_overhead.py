@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import save_result
+from _common import brownian_prisms, save_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,19 +65,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def simulated_video(n_frames: int, size: int, seed: int = 0, particles: int | None = None):
     """Brownian 100-nm prisms (about 36 px across), 8-bit, as a video DataArray in memory."""
     from lptem_dask.io import from_array
-    from lptem_dask.simulate import simulate_video
 
-    n_p = particles or max(1, round(20 * (size / 512) ** 2))
-    video, _ = simulate_video(
-        "brownian",
-        "brownian_prisms",
-        seed=seed,
-        n_frames=n_frames,
-        frames_per_chunk=8,
-        image_size_px=size,
-        n_particles=n_p,
-        size_nm=100.5,
-    )
+    video, n_p = brownian_prisms(n_frames, size, seed=seed, particles=particles)
     arr = np.clip(np.rint(video.values), 0, 255).astype(np.uint8)
     return (
         from_array(
