@@ -223,6 +223,18 @@ class SegmentConfig(StageConfig):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     min_area_px: int = Field(default=4, ge=1)
     split_touching: bool = True
+    marker_threshold: float = Field(
+        default=0.3, ge=0, lt=1, description="watershed seeds: probability - boundary above this"
+    )
+    min_confidence: float = Field(
+        default=0.65, ge=0, lt=1, description="drop regions whose mean probability is lower"
+    )
+    min_relative_area: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="drop regions smaller than this fraction of the frame's median region area",
+    )
 
 
 class MeasureConfig(StageConfig):

@@ -173,7 +173,16 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
         },
         "labels": {
             k: seg[k]
-            for k in ("threshold", "min_area_px", "split_touching", "method", "baseline_params")
+            for k in (
+                "threshold",
+                "min_area_px",
+                "split_touching",
+                "marker_threshold",
+                "min_confidence",
+                "min_relative_area",
+                "method",
+                "baseline_params",
+            )
         },
         "regions": dump_config(config.measure),
         "tracks": dump_config(config.link),
@@ -511,7 +520,9 @@ def _write_region(store: Path, name: str, a: int, values: np.ndarray) -> None:
     """
     import zarr
 
-    arr = zarr.open_array(str(store / name), mode="r+")
+    # every chunk is written, even all-zero ones (a frame chunk without particles):
+    # resuming checks that each finished chunk's file exists
+    arr = zarr.open_array(str(store / name), mode="r+").with_config({"write_empty_chunks": True})
     pause = float(os.environ.get(FAULT_PAUSE_ENV, "0") or 0)
     if pause > 0 and values.shape[0] > 1:
         half = values.shape[0] // 2
@@ -562,6 +573,16 @@ def task_maps(
     return chunk
 
 
+LABEL_KEYS = (
+    "threshold",
+    "min_area_px",
+    "split_touching",
+    "marker_threshold",
+    "min_confidence",
+    "min_relative_area",
+)
+
+
 def task_labels(
     store: str,
     chunk: int,
@@ -589,7 +610,7 @@ def task_labels(
     else:
         maps = ds[list(map_vars)].load()
         arg = maps if len(map_vars) > 1 else maps[map_vars[0]]
-        kw = {k: kwargs[k] for k in ("threshold", "min_area_px", "split_touching")}
+        kw = {k: kwargs[k] for k in LABEL_KEYS}
         labels = label_frames(arg, **kw).compute(scheduler="synchronous")
     _write_region(Path(store), LABELS_ARRAY, a, np.asarray(labels.values, dtype=np.int32))
     _finish_chunk(Path(store), "labels", chunk, stage_hash)
@@ -688,6 +709,9 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
         threshold=s.threshold,
         min_area_px=s.min_area_px,
         split_touching=s.split_touching,
+        marker_threshold=s.marker_threshold,
+        min_confidence=s.min_confidence,
+        min_relative_area=s.min_relative_area,
         method=s.method,
         baseline_params=dict(s.baseline_params),
         polarity=s.polarity,

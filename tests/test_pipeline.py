@@ -278,3 +278,17 @@ def test_classical_baseline_in_the_pipeline(inputs: Path, tmp_path: Path, client
     regions = pd.read_parquet(table_path(store, "regions"))
     # three dark discs per frame in every frame
     assert regions.groupby("frame").size().median() == 3
+
+
+def test_all_zero_chunk_is_written_so_resume_finds_it(tmp_path):
+    # a frame chunk without particles has all-zero labels; Zarr skips writing such
+    # chunks by default, and a resumed run would then recompute it every time
+    import zarr
+
+    from lptem_dask.pipeline import _write_region, _zarr_chunk_exists
+
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="a", zarr_format=3)
+    group.create_array("labels", shape=(4, 8, 8), chunks=(2, 8, 8), dtype="int32", fill_value=0)
+    _write_region(tmp_path / "s.zarr", "labels", 2, np.zeros((2, 8, 8), np.int32))
+    assert _zarr_chunk_exists(tmp_path / "s.zarr", "labels", 1)
+    assert not _zarr_chunk_exists(tmp_path / "s.zarr", "labels", 0)

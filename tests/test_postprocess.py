@@ -241,3 +241,21 @@ def test_chunk_invariance_property():
         np.testing.assert_array_equal(got, expected)
 
     check()
+
+
+def test_low_confidence_regions_and_specks_are_dropped():
+    yy, xx = np.mgrid[:96, :96]
+    p = np.zeros((1, 96, 96), np.float32)
+    for cy, cx in ((20, 20), (20, 70), (70, 20)):  # three confident particles, 12 px radius
+        p[0][(yy - cy) ** 2 + (xx - cx) ** 2 <= 144] = 0.95
+    p[0][(yy - 70) ** 2 + (xx - 70) ** 2 <= 144] = 0.58  # an unsure one: mean below 0.65
+    p[0, 45:48, 45:48] = 0.95  # a 9-px speck, 2% of the median area
+    da_ = xr.DataArray(p, dims=("frame", "y", "x"))
+    kept = label_frames(da_).values[0]
+    assert kept.max() == 3 and kept[70, 70] == 0 and kept[46, 46] == 0
+    everything = label_frames(da_, min_confidence=0, min_relative_area=0).values[0]
+    assert everything.max() == 5
+    only_specks = label_frames(da_, min_confidence=0).values[0]
+    assert only_specks.max() == 4 and only_specks[70, 70] > 0 and only_specks[46, 46] == 0
+    with pytest.raises(InputError, match="min_confidence"):
+        label_frames(da_, min_confidence=1.5)

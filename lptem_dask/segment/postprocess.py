@@ -90,6 +90,8 @@ def _label_frame(
     marker_h_px: float,
     marker_threshold: float,
     distance_h: float,
+    min_confidence: float = 0.0,
+    min_relative_area: float = 0.0,
 ) -> np.ndarray:
     fg = np.asarray(prob) > threshold
     if ignore is not None:
@@ -134,7 +136,30 @@ def _label_frame(
         small = sizes < min_area_px
         small[0] = False
         lab = np.where(small[lab], 0, lab)
+    if (min_confidence > 0 or min_relative_area > 0) and lab.max() > 0:
+        lab = _drop_unlikely(lab, prob, min_confidence, min_relative_area)
     return relabel_raster_order(lab)
+
+
+def _drop_unlikely(
+    lab: np.ndarray, prob: np.ndarray, min_confidence: float, min_relative_area: float
+) -> np.ndarray:
+    """Remove regions of low mean probability, then specks small against the frame's median."""
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=int(lab.max()) + 1).astype(np.float64)
+    present = area > 0
+    present[0] = False
+    drop = np.zeros(area.size, bool)
+    if min_confidence > 0:
+        total = np.bincount(flat, weights=np.asarray(prob, np.float64).ravel(), minlength=area.size)
+        drop |= present & (total < min_confidence * area)
+    if min_relative_area > 0:
+        kept = area[present & ~drop]
+        if kept.size:
+            drop |= present & (area < min_relative_area * float(np.median(kept)))
+    if not drop.any():
+        return lab
+    return np.where(drop[lab], 0, lab)
 
 
 def _label_block(
@@ -147,8 +172,10 @@ def _label_block(
     min_area_px: int = 4,
     split_touching: bool = True,
     marker_h_px: float = 1.0,
-    marker_threshold: float = 0.5,
+    marker_threshold: float = 0.3,
     distance_h: float = 0.1,
+    min_confidence: float = 0.65,
+    min_relative_area: float = 0.1,
 ) -> np.ndarray:
     """Label one block of frames (pure numpy kernel of :func:`label_frames`).
 
@@ -185,6 +212,8 @@ def _label_block(
             marker_h_px=marker_h_px,
             marker_threshold=marker_threshold,
             distance_h=distance_h,
+            min_confidence=min_confidence,
+            min_relative_area=min_relative_area,
         )
     return out
 
@@ -217,8 +246,10 @@ def label_frames(
     split_touching: bool = True,
     ignore_mask: xr.DataArray | np.ndarray | None = None,
     marker_h_px: float = 1.0,
-    marker_threshold: float = 0.5,
+    marker_threshold: float = 0.3,
     distance_h: float = 0.1,
+    min_confidence: float = 0.65,
+    min_relative_area: float = 0.1,
 ) -> xr.DataArray:
     """Particle instances per frame from a probability map (lazy).
 
@@ -243,6 +274,20 @@ def label_frames(
     distance_h : float
         With a ``distance`` map: minimal height of its maxima that seed a particle, in
         the map's units (the U-Net's distance head is normalised to [0, 1]).
+    min_confidence : float
+        Regions whose mean probability (the ``confidence`` column of the regions
+        table) is below this are dropped. 0 keeps every region above ``threshold``.
+    min_relative_area : float
+        After that, regions smaller than this fraction of the median region area of
+        their frame are dropped (specks of noise next to real particles). 0 keeps them.
+        A frame's small particles among ones ten times their area need 0 here.
+
+    Notes
+    -----
+    The defaults of ``marker_threshold``, ``min_confidence`` and
+    ``min_relative_area`` were chosen for the shipped model on 48 images of the
+    training simulation's validation seed (never the test sets): object F1 there
+    went from 0.698 (0.5, 0, 0) to 0.779, pixel IoU unchanged.
 
     Returns
     -------
@@ -261,6 +306,10 @@ def label_frames(
         raise InputError(f"`threshold` must lie in (0, 1), got {threshold}")
     if min_area_px < 1:
         raise InputError(f"`min_area_px` must be >= 1, got {min_area_px}")
+    if not 0 <= min_confidence < 1:
+        raise InputError(f"`min_confidence` must lie in [0, 1), got {min_confidence}")
+    if not 0 <= min_relative_area < 1:
+        raise InputError(f"`min_relative_area` must lie in [0, 1), got {min_relative_area}")
     boundary = distance = None
     if isinstance(prob_or_maps, xr.Dataset):
         if "probability" not in prob_or_maps:
@@ -321,6 +370,8 @@ def label_frames(
         marker_h_px=float(marker_h_px),
         marker_threshold=float(marker_threshold),
         distance_h=float(distance_h),
+        min_confidence=float(min_confidence),
+        min_relative_area=float(min_relative_area),
         dtype=np.int32,
         meta=np.empty((0, 0, 0), np.int32),
     )
