@@ -12,14 +12,10 @@ In one run, with ``--threads`` torch threads:
    and weights, ``torch.inference_mode()``, and the precision ``precision="auto"``
    picks on CPU (float32 unless ``infer.CPU_AUTO_BFLOAT16``, then bfloat16
    autocast); median of ``--repeats`` timed passes after ``--warmup`` untimed ones.
-   Timed at two batch sizes: ``--batch-size`` (default 1, the headline) and
-   ``SegmentConfig().batch_size`` (4). Why 1: ``lptem run`` / ``task_maps`` loads a
-   chunk into memory and ``predict_maps`` splits an in-memory video into one-frame
-   Dask blocks (``da.from_array(video.values, chunks=(1, -1, -1))`` in
-   ``segment/infer.py``), so every forward pass of the pipeline sees one frame and
-   ``segment.batch_size`` has no effect there; 4 is what it does on a dask-backed
-   video with multi-frame chunks (``lp.segment`` on ``open_video``). The paper
-   preset is timed the same way at ``--paper-batch`` (default 1) frames.
+   Timed at two batch sizes: ``--batch-size`` (default 1, the headline: what
+   ``segment.batch_size: null`` picks on CPU, ``infer.auto_batch_size``) and 4
+   (the default before that was measured). The paper preset is timed the same way
+   at ``--paper-batch`` (default 1) frames.
 3. The machine's matmul FLOP/s in the same precision: ``torch.matmul`` of two
    ``--matmul-n`` square matrices (default 2048; 2 n^3 FLOPs), median of repeats.
 
@@ -141,14 +137,13 @@ def main() -> None:
     if args.size % 16:
         ap.error("--size must be a multiple of 16 (the U-Net's 2**depth)")
 
-    from lptem_dask.config import SegmentConfig
     from lptem_dask.models import load_model
     from lptem_dask.segment import infer
     from lptem_dask.segment.unet import build_unet
 
     torch.set_num_threads(args.threads)
     batch = args.batch_size
-    batches = sorted({batch, SegmentConfig().batch_size})
+    batches = sorted({batch, 4})
     bf16 = bool(infer.CPU_AUTO_BFLOAT16)
     dtype = torch.bfloat16 if bf16 else torch.float32
     target = 0.3

@@ -27,11 +27,8 @@ ingested into a chunked Zarr store with ``lptem_dask.io.ingest``):
   Results stay in memory; nothing is written.
 
 Batching: ``--batch-size`` sets both ``segment.batch_size`` and the bare loop's
-batch, but inside ``lptem run`` it has no effect: ``task_maps`` loads the chunk into
-memory and ``predict_maps`` splits an in-memory video into one-frame Dask blocks, so
-the pipeline forwards one frame at a time. ``--batch-size 1`` makes the bare loop
-do the same; the default (4, the configured value) compares with what the pipeline
-is configured to do.
+batch; by default both use ``infer.auto_batch_size`` (1 frame per forward on CPU,
+what ``segment.batch_size: null`` picks).
 
 Figures: frames/s of each and the ratio pipeline / bare (target >= 0.85).
 **Headline: warm** - cluster started, model loaded and imports done in every
@@ -100,8 +97,9 @@ def bare_loop(frames: np.ndarray, model, card: dict, args, *, pixel_size_nm: flo
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     )
     tables, n_regions = [], 0
-    for a in range(0, len(frames), args.batch_size):
-        block = frames[a : a + args.batch_size]
+    step = args.batch_size or infer.auto_batch_size("cpu")
+    for a in range(0, len(frames), step):
+        block = frames[a : a + step]
         norm = np.stack([normalize_frame(f, polarity="dark") for f in block])
         x = torch.from_numpy(norm[:, None]).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast():
@@ -180,7 +178,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="Dask worker processes")
     ap.add_argument("--threads", type=int, default=2, help="threads per worker")
     ap.add_argument("--frames-per-chunk", type=int, default=30, help="Zarr/Dask frame chunk")
-    ap.add_argument("--batch-size", type=int, default=4, help="frames per forward (both)")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="frames per forward (both); default auto"
+    )
     ap.add_argument("--no-contours", dest="contours", action="store_false")
     ap.add_argument("--particles", type=int, default=None, help="default 20 per 512x512")
     ap.add_argument("--out", default=str(RESULTS / "pipeline_overhead.json"))

@@ -218,7 +218,9 @@ class SegmentConfig(StageConfig):
         default=None, gt=0, description="typical particle diameter, px"
     )
     polarity: Literal["dark", "bright", "auto"] = "dark"
-    batch_size: int = Field(default=4, ge=1)
+    batch_size: int | None = Field(
+        default=None, ge=1, description="frames per forward pass; null: 1 on CPU, 8 on GPU"
+    )
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     threshold: float = Field(default=0.5, gt=0, lt=1)
     min_area_px: int = Field(default=4, ge=1)

@@ -76,3 +76,19 @@ def test_bad_configs_raise_config_error():
         build_unet({"preset": "fast", "bogus": 1})
     with pytest.raises(ValueError, match="probability"):
         UNetConfig(heads=("boundary",))
+
+
+def test_upsampling_layer_equals_the_papers_upsample_pad_conv():
+    from lptem_dask.segment.unet import _Up
+
+    torch.manual_seed(0)
+    up = _Up(6, 3, "upsample_conv2")
+    x = torch.randn(2, 6, 8, 12, requires_grad=True)
+    fast, ref = up(x), up.reference_forward(x)
+    assert fast.shape == ref.shape == (2, 3, 16, 24)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    # the same gradients for training, with respect to the input and the weights
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, up.conv.weight])
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, up.conv.weight])
+    for a, b in zip(g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -69,6 +69,31 @@ def decide_polarity(frames: np.ndarray) -> Literal["dark", "bright"]:
     return "dark" if votes >= 0 else "bright"
 
 
+def _integer_percentiles(x: np.ndarray, q: tuple[float, float]) -> np.ndarray | None:
+    """``np.percentile(x, q)`` (linear method) of an integer frame from its histogram.
+
+    The same numbers as ``np.percentile``, without sorting: the order statistics
+    come from the cumulative histogram. ``None`` when the value range is too wide
+    for a histogram (then the caller sorts).
+    """
+    flat = x.ravel()
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo > 1 << 20:
+        return None
+    counts = np.bincount((flat.astype(np.int64) - lo) if lo else flat, minlength=1)
+    cum = np.cumsum(counts)
+    n = flat.size
+    out = np.empty(len(q))
+    for k, qk in enumerate(q):
+        pos = qk / 100.0 * (n - 1)
+        i0 = int(np.floor(pos))
+        i1 = min(i0 + 1, n - 1)
+        v0 = np.searchsorted(cum, i0, side="right") + lo
+        v1 = np.searchsorted(cum, i1, side="right") + lo
+        out[k] = v0 + (pos - i0) * (v1 - v0)
+    return out
+
+
 def normalize_frame(frame: np.ndarray, *, polarity: str = "dark") -> np.ndarray:
     """Normalise one frame for the network (particles dark, background ~1).
 
@@ -86,16 +111,23 @@ def normalize_frame(frame: np.ndarray, *, polarity: str = "dark") -> np.ndarray:
     x = np.asarray(frame)
     if x.dtype.kind not in "biuf":
         raise InputError(f"frames must be real numbers, got dtype {x.dtype}")
-    x = x.astype(np.float64, copy=False)
-    if polarity == "bright":
-        x = -x
-    elif polarity != "dark":
+    if polarity not in ("dark", "bright"):
         raise InputError(f"`polarity` must be resolved to 'dark' or 'bright', got {polarity!r}")
+    q = (NORMALIZATION["low"], NORMALIZATION["high"])
+    if polarity == "bright":
+        q = (100.0 - q[1], 100.0 - q[0])
+    lohi = _integer_percentiles(x, q) if x.dtype.kind in "biu" else None
+    x = x.astype(np.float64, copy=False)
     if not np.all(np.isfinite(x)):
         finite = np.isfinite(x)
         fill = float(np.median(x[finite])) if finite.any() else 0.0
         x = np.where(finite, x, fill)
-    lo, hi = np.percentile(x, [NORMALIZATION["low"], NORMALIZATION["high"]])
+    if lohi is None:
+        lohi = np.percentile(x, q)
+    lo, hi = float(lohi[0]), float(lohi[1])
+    if polarity == "bright":  # percentiles of -x are minus the mirrored ones of x
+        x = -x
+        lo, hi = -hi, -lo
     span = hi - lo
     if not span > 0:
         span = float(x.max() - x.min())

