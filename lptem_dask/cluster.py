@@ -13,6 +13,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+import dask
+
 from .config import ClusterConfig
 from .errors import ClusterError, require
 
@@ -83,19 +85,30 @@ def _cuda_cluster(config: ClusterConfig):
     )
 
 
+# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed
+# memory back to the OS). Setting it turns off glibc's dynamic mmap threshold, so
+# every large tensor of a U-Net forward pass is a fresh mmap that page-faults:
+# measured here, 316 ms per 512 px frame in a worker against 220 ms without it
+# (the same chunk task, alone on the worker). Workers this package starts run
+# without it; the memory benchmark (benchmarks/bench_pipeline_memory.py) checks the cost.
+WORKER_ENV_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
 def make_cluster(config: ClusterConfig | None = None):
     """Start the cluster object described by ``config`` (not for ``address``)."""
     config = config or ClusterConfig()
     if config.kind == "local":
         from distributed import LocalCluster
 
-        return LocalCluster(**_local_kwargs(config))
+        with dask.config.set(WORKER_ENV_CONFIG):
+            return LocalCluster(**_local_kwargs(config))
     if config.kind == "slurm":
         cluster = _slurm_cluster(config)
         cluster.scale(jobs=config.jobs)
         return cluster
     if config.kind == "cuda":
-        return _cuda_cluster(config)
+        with dask.config.set(WORKER_ENV_CONFIG):
+            return _cuda_cluster(config)
     raise ClusterError(f"cluster.kind {config.kind!r} has no cluster object to start")
 
 

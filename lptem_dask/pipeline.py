@@ -517,6 +517,27 @@ def _open_chunk(store: Path, a: int, b: int):
     return open_store_dataset(store).isel(frame=slice(a, b))
 
 
+def _in_task(func: Callable) -> Callable:
+    """Run a pipeline task with Dask's synchronous scheduler for any lazy work inside it.
+
+    Without this, ``.load()`` or ``.compute()`` inside a task on a distributed
+    worker goes to the cluster through a worker client and the task secedes from
+    its thread: the worker then starts more chunk tasks than it has threads, each
+    with a full set of torch threads, and the cores are oversubscribed (measured:
+    4 chunk tasks at once on a 2-thread worker, 2 torch threads each).
+    """
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 FAULT_PAUSE_ENV = "LPTEM_FAULT_WRITE_PAUSE_S"
 
 
@@ -556,6 +577,7 @@ def _finish_chunk(
     _write_text_atomic(_marker(store, stage, chunk), "\n".join(lines) + "\n")
 
 
+@_in_task
 def task_image(
     source: str, store: str, chunk: int, a: int, b: int, stage_hash: str, overrides: dict
 ) -> int:
@@ -569,6 +591,7 @@ def task_image(
     return chunk
 
 
+@_in_task
 def task_maps(
     store: str, chunk: int, a: int, b: int, stage_hash: str, kwargs: dict, _dep: Any = None
 ) -> int:
@@ -617,6 +640,7 @@ def _labels_of(video: xr.DataArray, maps: xr.Dataset | None, kwargs: dict) -> np
     return np.asarray(labels.values, dtype=np.int32)
 
 
+@_in_task
 def task_labels(
     store: str,
     chunk: int,
@@ -665,6 +689,7 @@ def _measure_chunk(
     _finish_chunk(store, "regions", chunk, stage_hash, outputs)
 
 
+@_in_task
 def task_regions(
     store: str, chunk: int, a: int, b: int, stage_hash: str, kwargs: dict, _dep: Any = None
 ) -> int:
@@ -677,6 +702,7 @@ def task_regions(
     return chunk
 
 
+@_in_task
 def task_chunk(
     store: str,
     chunk: int,
@@ -711,6 +737,7 @@ def task_chunk(
     return chunk
 
 
+@_in_task
 def task_tracks(store: str, stage_hash: str, kwargs: dict, _deps: Any = None) -> int:
     """Link the whole video's regions into tracks (bounded memory, windowed)."""
     import trackpy
@@ -742,6 +769,7 @@ def analysis_runner(name: str) -> Callable:
     return getattr(module, f"run_{name}")
 
 
+@_in_task
 def task_analyses(store: str, stage_hash: str, analyses: list, _dep: Any = None) -> list:
     done = []
     for name in analyses:
@@ -752,6 +780,7 @@ def task_analyses(store: str, stage_hash: str, analyses: list, _dep: Any = None)
     return done
 
 
+@_in_task
 def task_report(store: str, stage_hash: str, _dep: Any = None) -> str:
     from .report import write_report
 
