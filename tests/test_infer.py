@@ -303,3 +303,30 @@ def test_lp_segment_is_callable_whatever_was_imported_first(frames, net):
     b = np.asarray(segment(v, model=net, particle_size_px=10))
     np.testing.assert_array_equal(a, b)
     assert seg_pkg.predict_maps is predict_maps
+
+
+def _lock_kinds() -> list[str]:
+    from lptem_dask.segment._model_cache import _CACHE
+
+    return [type(e.lock).__name__ for e in _CACHE.values()]
+
+
+def test_concurrent_forward_passes_on_a_multithreaded_cpu_worker(frames, net):
+    # a CPU worker with 2 threads runs two forward passes at once on one cached
+    # module, one torch thread each; the maps must equal the serial ones
+    distributed = pytest.importorskip("distributed")
+
+    arr = np.concatenate([frames] * 4)  # 20 frames in 20 chunks
+    expected = predict_probability(video(arr, 1), model=net).values
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        out = client.compute(predict_probability(video(arr, 1), model=net).data).result()
+        threads = client.run(torch.get_num_threads)
+        locks = client.run(_lock_kinds)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert list(threads.values()) == [1]
+    assert list(locks.values()) == [["_NoLock"]]
