@@ -284,6 +284,7 @@ class VideoPlan:
     hashes: dict[str, str]
     todo: dict[str, list[int]] = field(default_factory=dict)
     video_todo: list[str] = field(default_factory=list)
+    maps_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -407,6 +408,8 @@ def plan_video(
         rec = _stage_record(store, stage)
         if bool(rec.get("complete")) != (not todo):
             _set_stage_record(store, stage, {**rec, "hash": hashes[stage], "complete": not todo})
+    if unet and plan.todo.get("maps"):
+        plan.maps_overrides = _video_wide_maps_settings(video, config, store)
     # anything downstream of a chunk stage with work left is redone
     downstream_dirty = any(plan.todo.get(s) for s in CHUNK_STAGES)
     for stage in VIDEO_STAGES:
@@ -417,6 +420,36 @@ def plan_video(
             plan.video_todo.append(stage)
             downstream_dirty = True
     return plan
+
+
+def _video_wide_maps_settings(video, config: PipelineConfig, store: Path) -> dict[str, Any]:
+    """Particle size and polarity decided once per video, not once per chunk.
+
+    With ``segment.particle_size_px: null`` (and a model that states its training
+    size) or ``polarity: auto``, ``predict_maps`` estimates them from a sample of the
+    frames it is given; per chunk, two chunks of one video could be rescaled
+    differently. The pipeline estimates them from frames spread over the whole
+    video (as ``lp.segment`` on the whole video does), records them in the maps
+    stage record (a resumed run reuses them) and passes them to every chunk.
+    """
+    from .segment.infer import _make_plan, _sample_index, _train_size, prepare_model
+
+    s = config.segment
+    rec = _stage_record(store, "maps")
+    if isinstance(rec.get("resolved"), dict):
+        return dict(rec["resolved"])
+    train = _train_size(prepare_model(s.model).card)
+    if not (s.polarity == "auto" or (s.particle_size_px is None and train is not None)):
+        return {}
+    sample = np.asarray(video.isel(frame=_sample_index(int(video.shape[0]))).values)
+    decided = _make_plan(sample, s.polarity, s.particle_size_px, train)
+    out: dict[str, Any] = {"polarity": decided["polarity"]}
+    if train is not None:  # an estimate that failed means: no rescaling, in every chunk
+        size = decided.get("particle_size_px")
+        out["particle_size_px"] = float(size if size is not None else train)
+    logger.info("%s: segmenting every chunk with %s", store, out)
+    _set_stage_record(store, "maps", {**rec, "resolved": out})
+    return out
 
 
 def _compressors(config: PipelineConfig, *, fast: bool = False):
@@ -801,7 +834,7 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
     store = str(plan.store)
     h = plan.hashes
     overrides = {"pixel_size_nm": config.pixel_size_nm, "frame_interval_s": config.frame_interval_s}
-    maps_kw = _maps_kwargs(config)
+    maps_kw = {**_maps_kwargs(config), **plan.maps_overrides}
     s = config.segment
     labels_kw = dict(
         threshold=s.threshold,

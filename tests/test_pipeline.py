@@ -292,3 +292,39 @@ def test_all_zero_chunk_is_written_so_resume_finds_it(tmp_path):
     _write_region(tmp_path / "s.zarr", "labels", 2, np.zeros((2, 8, 8), np.int32))
     assert _zarr_chunk_exists(tmp_path / "s.zarr", "labels", 1)
     assert not _zarr_chunk_exists(tmp_path / "s.zarr", "labels", 0)
+
+
+def test_particle_size_and_polarity_decided_once_per_video(inputs, tmp_path):
+    # with particle_size_px null and polarity auto, every chunk is segmented with
+    # the same settings, estimated from frames spread over the whole video
+    import torch
+
+    from lptem_dask.pipeline import _stage_record, plan_video
+    from lptem_dask.segment._checkpoint import save_checkpoint
+    from lptem_dask.segment._normalize import decide_polarity
+    from lptem_dask.segment._scale import estimate_particle_size_px
+    from lptem_dask.segment.infer import _sample_index
+    from lptem_dask.segment.unet import UNetConfig, build_unet
+
+    torch.manual_seed(0)
+    model = build_unet(UNetConfig(depth=2, base_width=4, norm="none"))
+    card = {"name": "sized", "particle_size_px": {"median": 20.0, "p5": 10.0, "p95": 30.0}}
+    save_checkpoint(model, card, tmp_path / "sized.safetensors")
+    cfg = config_from_mapping(
+        PipelineConfig,
+        _config(
+            inputs,
+            tmp_path / "out",
+            segment={"model": str(tmp_path / "sized.safetensors"), "polarity": "auto"},
+        ),
+    )
+    src, store = inputs / "movie0.tif", tmp_path / "out" / "movie0.zarr"
+    plan = plan_video(src, store, cfg, until="maps")
+    video = _video(0)
+    sample = video[_sample_index(len(video))]
+    assert plan.maps_overrides["polarity"] == decide_polarity(sample) == "dark"
+    expected = estimate_particle_size_px(sample, polarity="dark")
+    assert plan.maps_overrides["particle_size_px"] == pytest.approx(expected)
+    assert _stage_record(store, "maps")["resolved"] == plan.maps_overrides
+    # a second planning of the same store reuses the recorded decision
+    assert plan_video(src, store, cfg, until="maps").maps_overrides == plan.maps_overrides
