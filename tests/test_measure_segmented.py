@@ -8,8 +8,11 @@ and its measured centroid, orientation and length compared with the truth.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 
 import lptem_dask as lp
@@ -129,6 +132,67 @@ def test_rod_length_on_segmented_labels():
     )
     assert len(rows) >= 10
     assert np.median(rel) < 0.03
+
+
+@functools.cache
+def _ellipse_curvature_errors_on_segmented_labels() -> tuple[np.ndarray, int]:
+    """Relative curvature error at every outline point of segmented, matched ellipses.
+
+    Spheroids lying flat have elliptical outlines of known curvature
+    kappa(t) = a b / (a^2 sin^2 t + b^2 cos^2 t)^(3/2); the outline of each segmented
+    particle (probability contour, default smoothing) is compared point by point
+    with that of its truth particle.
+    """
+    from lptem_dask.measure import measure_contours
+    from lptem_dask.simulate.shapes import _axes
+
+    shape = {"shape": "ellipsoid", "size_nm": [60.0, 80.0], "diameter_nm": [30.0, 40.0]}
+    cfg = _config([{**shape, "mfp_nm": 60.0}], count=(8, 10))
+    frames = [simulate_one(i, cfg, seed=3300) for i in range(4)]
+    video = xr.DataArray(np.stack([f["image"] for f in frames]), dims=DIMS)
+    maps = lp.predict_maps(video, model="default", particle_size_px=50.0)
+    labels = lp.label_frames(maps)
+    contours = measure_contours(labels, probability=maps["probability"], pixel_size_nm=1.0)
+    contours = contours.compute()
+    lab = np.asarray(labels)
+    rel, n_matched = [], 0
+    for i, f in enumerate(frames):
+        truth = f["truth"].set_index("label")
+        for p, t, _ in match_objects(lab[i], f["labels"]):
+            row = truth.loc[t]
+            if not (60 < row.y < 384 - 60 and 60 < row.x < 384 - 60):
+                continue
+            c = contours[(contours.frame == i) & (contours.label == p)]
+            a, b = 0.5 * row.size_nm, 0.5 * row.diameter_nm  # px (1 nm per px)
+            u, v = _axes(c.y.to_numpy() - row.y, c.x.to_numpy() - row.x, row.orientation_deg, 1.0)
+            tt = np.arctan2(v / b, u / a)
+            kappa = a * b / (a**2 * np.sin(tt) ** 2 + b**2 * np.cos(tt) ** 2) ** 1.5
+            rel.append(np.abs(c.curvature_per_nm.to_numpy() / kappa - 1))
+            n_matched += 1
+    rel_all = np.concatenate(rel)
+    print(
+        f"ellipses at CNR {MODERATE}: {n_matched} matched; curvature rel. error median "
+        f"{np.median(rel_all):.4f}, p75 {np.quantile(rel_all, 0.75):.4f}"
+    )
+    return rel_all, n_matched
+
+
+def test_ellipse_curvature_on_segmented_labels_does_not_regress():
+    # measured when this test was written: median 0.75 (default smoothing), against
+    # 0.13 on the truth masks at 4-6 px smoothing; see the next test for the target
+    rel, n_matched = _ellipse_curvature_errors_on_segmented_labels()
+    assert n_matched >= 10
+    assert np.median(rel) < 0.85
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the #5 target (curvature within 5% along U-Net outlines) is not met: the "
+    "probability contour of the shipped model wobbles by a fraction of a pixel",
+)
+def test_ellipse_curvature_on_segmented_labels_within_5_percent():
+    rel, _ = _ellipse_curvature_errors_on_segmented_labels()
+    assert np.median(rel) < 0.05
 
 
 def _touching_rows(rng, n_px=384, r=14.0):

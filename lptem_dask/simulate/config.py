@@ -170,15 +170,16 @@ class ShapeConfig(StageConfig):
     """One particle species.
 
     ``size_nm`` is the prism edge, the rod's tip-to-tip length, the cube edge,
-    or the sphere diameter.
+    the sphere diameter, or the ellipsoid's length (its width is ``diameter_nm``:
+    a prolate spheroid lying flat, with an elliptical outline).
     """
 
-    shape: Literal["prism", "rod", "cube", "sphere"]
+    shape: Literal["prism", "rod", "cube", "sphere", "ellipsoid"]
     weight: float = Field(default=1.0, gt=0)
     size_nm: Range = 100.5
     size_dispersity: float = Field(default=0.1, ge=0, le=0.5, description="relative std")
     thickness_nm: Range = Field(default=7.5, description="prism plate thickness")
-    diameter_nm: Range = Field(default=15.0, description="rod diameter")
+    diameter_nm: Range = Field(default=15.0, description="rod diameter, ellipsoid width")
     truncation: Range = Field(default=0.0, description="prism corner truncation fraction")
     recess_depth: float = Field(default=0.15, ge=0, lt=0.5, description="cube, fraction of L")
     mfp_nm: Range = Field(default=85.0, description="inelastic mean free path (per image)")

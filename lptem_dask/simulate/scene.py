@@ -69,11 +69,11 @@ TRUTH_COLUMNS: dict[str, str] = {
     "y": "float64",  # centre row, px (pixel centres at integers), time-averaged
     "x": "float64",  # centre column, px
     "orientation_deg": "float64",  # reference axis, CCW from +x on screen
-    "shape": "object",  # prism | rod | cube | sphere
+    "shape": "object",  # prism | rod | cube | sphere | ellipsoid
     "size_nm": "float64",  # prism edge | rod tip-to-tip length | cube edge | sphere diameter
     "size_px": "float64",  # size_nm / pixel_size_nm
     "thickness_nm": "float64",  # largest chord: prism plate | rod diameter | cube edge | sphere d
-    "diameter_nm": "float64",  # rod diameter (NaN for others)
+    "diameter_nm": "float64",  # rod diameter, ellipsoid width (NaN for others)
     "truncation": "float64",  # prism corner truncation (NaN for others)
     "recess_depth": "float64",  # cube recess depth / L (NaN for others)
     "lambda_nm": "float64",  # inelastic mean free path of the particle
@@ -167,7 +167,11 @@ def sample_particles(
         kind = np.full(1, rng.choice(len(species), p=w))
     if lattice:
         s0 = per[int(kind[0])]
-        extent = s0["size"] if species[int(kind[0])].shape != "rod" else s0["diam"] * 2
+        extent = (
+            s0["size"]
+            if species[int(kind[0])].shape not in ("rod", "ellipsoid")
+            else s0["diam"] * 2
+        )
         spacing = max(extent / ps * (1.0 + _draw(pc.lattice_gap, rng)), 3.0)
         pts = _hex_lattice(rng, n_px, spacing, pad)
         pts = pts[rng.random(len(pts)) >= pc.lattice_vacancy]
@@ -228,6 +232,10 @@ def sample_particles(
         elif s.shape == "cube":
             thick = size
             recess = s.recess_depth
+        elif s.shape == "ellipsoid":
+            diam = v["diam"] * fd
+            size = max(size, diam)
+            thick = diam
         else:
             thick = size
         ghost = i >= n
@@ -566,7 +574,7 @@ def render_frame(
     ----------
     particles : pandas.DataFrame
         One row per particle. Required: ``y``, ``x`` (centre, px; pixel centres
-        at integers), ``shape`` (prism | rod | cube | sphere), ``size_nm``.
+        at integers), ``shape`` (prism | rod | cube | sphere | ellipsoid), ``size_nm``.
         Optional: ``orientation_deg`` (0), ``thickness_nm`` (prism plate, 7.5),
         ``diameter_nm`` (rod, 15), ``truncation`` (prism, 0), ``recess_depth``
         (cube, 0.15), ``radius_profile_nm`` (rod: array of radii tip to tip),

@@ -28,6 +28,7 @@ __all__ = [
     "thickness",
     "bounding_radius_nm",
     "spherocylinder_profile",
+    "ellipsoid_thickness",
 ]
 
 _SQRT3 = np.sqrt(3.0)
@@ -47,6 +48,28 @@ def sphere_thickness(dy, dx, *, diameter_nm: float, pixel_size_nm: float) -> np.
     r2 = (dy * dy + dx * dx) * pixel_size_nm**2
     R = 0.5 * diameter_nm
     return 2.0 * np.sqrt(np.maximum(R * R - r2, 0.0))
+
+
+def ellipsoid_thickness(
+    dy,
+    dx,
+    *,
+    length_nm: float,
+    width_nm: float,
+    orientation_deg: float = 0.0,
+    pixel_size_nm: float,
+) -> np.ndarray:
+    """Chord of a prolate spheroid lying flat, nm.
+
+    Semi-axes ``a = length/2`` along ``orientation_deg`` and ``b = width/2`` across
+    it and out of the plane: ``2 b sqrt(1 - (u/a)^2 - (v/b)^2)``. Its projected
+    outline is an ellipse, whose curvature is known in closed form (tests of the
+    contour curvature on segmented frames).
+    """
+    u, v = _axes(dy, dx, orientation_deg, pixel_size_nm)
+    a, b = 0.5 * length_nm, 0.5 * width_nm
+    q = 1.0 - (u / a) ** 2 - (v / b) ** 2
+    return 2.0 * b * np.sqrt(np.maximum(q, 0.0))
 
 
 def prism_thickness(
@@ -163,9 +186,9 @@ def bounding_radius_nm(shape: str, size_nm: float, diameter_nm: float = 0.0) -> 
         return size_nm / _SQRT3
     if shape == "cube":
         return 0.5 * size_nm * np.sqrt(2.0)
-    if shape == "rod":
+    if shape in ("rod", "ellipsoid"):
         return 0.5 * max(size_nm, diameter_nm)
-    raise ValueError(f"unknown shape {shape!r}; expected prism, rod, cube or sphere")
+    raise ValueError(f"unknown shape {shape!r}; expected prism, rod, cube, sphere or ellipsoid")
 
 
 def thickness(dy, dx, particle, *, pixel_size_nm: float) -> np.ndarray:
@@ -173,7 +196,8 @@ def thickness(dy, dx, particle, *, pixel_size_nm: float) -> np.ndarray:
 
     Keys: ``shape``, ``size_nm``, ``orientation_deg`` and, by shape,
     ``thickness_nm`` and ``truncation`` (prism), ``diameter_nm`` and optional
-    ``radius_profile_nm`` (rod), ``recess_depth`` (cube).
+    ``radius_profile_nm`` (rod), ``recess_depth`` (cube), ``diameter_nm`` (the
+    ellipsoid's width; ``size_nm`` is its length).
     """
     shape = particle["shape"]
     size = float(particle["size_nm"])
@@ -213,7 +237,16 @@ def thickness(dy, dx, particle, *, pixel_size_nm: float) -> np.ndarray:
             recess_depth=float(rd),
             pixel_size_nm=pixel_size_nm,
         )
-    raise ValueError(f"unknown shape {shape!r}; expected prism, rod, cube or sphere")
+    if shape == "ellipsoid":
+        return ellipsoid_thickness(
+            dy,
+            dx,
+            length_nm=size,
+            width_nm=float(particle.get("diameter_nm", 15.0)),
+            orientation_deg=th,
+            pixel_size_nm=pixel_size_nm,
+        )
+    raise ValueError(f"unknown shape {shape!r}; expected prism, rod, cube, sphere or ellipsoid")
 
 
 def _nan0(x):
