@@ -206,11 +206,15 @@ def _screen_polar(outline: np.ndarray, cy: float, cx: float) -> tuple[np.ndarray
     return np.hypot(dx, dy), np.arctan2(dy, dx)
 
 
-def _n_fold(outline: np.ndarray, cy: float, cx: float, n: int) -> tuple[float, np.ndarray]:
-    """Orientation (deg in [0, 360/n)) of the n-fold outline and its n vertices (y, x px)."""
+def _n_fold(outline: np.ndarray, cy: float, cx: float, n: int) -> tuple[float, np.ndarray, float]:
+    """Orientation (deg in [0, 360/n)) of the n-fold outline, its n vertices (y, x px)
+    and its n-fold strength: the n-th angular Fourier amplitude of the radius over its
+    mean (0 for a circle; its orientation is then noise)."""
     r, th = _screen_polar(outline, cy, cx)
     dth = (np.angle(np.exp(1j * (np.roll(th, -1) - np.roll(th, 1))))) / 2
     c = np.sum(r * np.exp(1j * n * th) * dth)
+    r0 = np.sum(r * dth)
+    strength = float(np.abs(c) / r0) if r0 > 0 else float("nan")
     period = 360.0 / n
     phi = float(np.degrees(np.angle(c)) / n) % period
     verts = np.full((n, 2), np.nan)
@@ -224,7 +228,7 @@ def _n_fold(outline: np.ndarray, cy: float, cx: float, n: int) -> tuple[float, n
             continue
         proj = np.where(near, dx * np.cos(a) + dy * np.sin(a), -np.inf)
         verts[k] = outline[int(np.argmax(proj))]
-    return phi, verts
+    return phi, verts, strength
 
 
 def _fit_circle(pts: np.ndarray) -> float:
@@ -353,8 +357,9 @@ def _frame_regions(
             cy, cx = float(y[i]), float(x[i])
             if shape in _N_FOLD:
                 nf = _N_FOLD[shape]
-                phi, verts = _n_fold(outline, cy, cx, nf)
+                phi, verts, strength = _n_fold(outline, cy, cx, nf)
                 extra[f"{shape}_orientation_deg"][i] = phi
+                extra["symmetry_strength"][i] = strength
                 edges = np.hypot(*(np.roll(verts, -1, axis=0) - verts).T)
                 extra["edge_length_nm"][i] = float(np.mean(edges)) * ps
                 for k in range(nf):

@@ -194,6 +194,18 @@ def test_prism_orientation_and_vertices():
     assert np.median(vert_err) < 2.0, vert_err
 
 
+def test_symmetry_strength_separates_triangles_from_discs():
+    tri = measure_regions(as_labels(triangle(32, 32, 36.0, 17.0)[0]), shape="prism").compute()
+    yy, xx = np.mgrid[:64, :64]
+    disc = measure_regions(
+        as_labels((yy - 32.2) ** 2 + (xx - 31.7) ** 2 <= 15.0**2), shape="prism"
+    ).compute()
+    # an equilateral triangle's radius r(theta) has a strong 3rd harmonic; a disc's none
+    assert tri.symmetry_strength.iloc[0] > 0.1
+    assert disc.symmetry_strength.iloc[0] < 0.02
+    assert schema.units(tri)["symmetry_strength"] == "1"
+
+
 def test_cube_orientation_modulo_90():
     for phi in (10.0, 37.0, 71.0):
         a = np.radians(phi + np.array([0, 90, 180, 270]))
