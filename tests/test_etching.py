@@ -210,10 +210,14 @@ def test_end_to_end_unet_staged():  # pragma: no cover - needs the trained model
 
     cfg = load_etching_config(CONFIGS / "staged.yaml")
     video, _ = simulate_etching_video(cfg, seed=0)
-    prob = lp.predict_probability(
+    # what lp.segment does (all the model's maps: probability and boundary), keeping the
+    # probability for sub-pixel outlines. The probability-only watershed split each
+    # 100-px-wide rod into several pieces (20 particle identities for 3 rods).
+    maps = lp.predict_maps(
         video, model="default", particle_size_px=cfg.diameter_nm / cfg.pixel_size_nm
     )
-    labels = lp.label_frames(prob, threshold=0.5)
+    prob = maps["probability"]
+    labels = lp.label_frames(maps)
     contours = measure_contours(labels, probability=prob, pixel_size_nm=cfg.pixel_size_nm).compute()
     _check_stages(cfg, analyze_etching(contours, frame_interval_s=cfg.frame_interval_s)["result"])
 

@@ -268,7 +268,11 @@ def label_frames(
     ignore_mask : bool array (y, x) or (frame, y, x), optional
         True where nothing may be labelled (bubbles, window edges).
     marker_h_px : float
-        Minimal height (px of distance) of a landscape maximum to seed a particle.
+        Minimal height (px of distance) of a landscape maximum to seed a particle
+        (probability-only maps). It is in pixels, not relative to the particle: a
+        rod 100 px wide had several such maxima along its ridge and was split into
+        pieces; raise it for large particles, or pass the Dataset of
+        ``predict_maps`` so the boundary map seeds the split.
     marker_threshold : float
         With a ``boundary`` map: seeds are ``probability - boundary > marker_threshold``.
     distance_h : float
