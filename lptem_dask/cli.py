@@ -260,6 +260,16 @@ def segment_cmd(
     ] = None,
     polarity: Annotated[str, typer.Option(help="dark | bright | auto")] = "dark",
     threshold: Annotated[float, typer.Option(help="Probability threshold.")] = 0.5,
+    min_confidence: Annotated[
+        float, typer.Option(help="Drop regions whose mean probability is lower (0: keep all).")
+    ] = 0.65,
+    min_relative_area: Annotated[
+        float,
+        typer.Option(
+            help="Drop regions smaller than this fraction of the frame's median region "
+            "(0 for frames that mix particles ten times apart in area)."
+        ),
+    ] = 0.1,
     pixel_size_nm: Annotated[
         float | None, typer.Option(help="Override the pixel size (nm).")
     ] = None,
@@ -281,6 +291,8 @@ def segment_cmd(
             "particle_size_px": particle_size_px,
             "polarity": polarity,
             "threshold": threshold,
+            "min_confidence": min_confidence,
+            "min_relative_area": min_relative_area,
         },
         source="the command line",
     )

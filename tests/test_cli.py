@@ -75,3 +75,11 @@ def test_console_script_exit_status(tmp_path):
     )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_segment_rejects_a_bad_filter_setting_with_exit_2(tmp_path, capsys):
+    tif = _tif(tmp_path / "v.tif")
+    code, _, err = _run(["segment", str(tif), "--min-confidence", "1.5"], capsys)
+    assert code == 2
+    assert "min_confidence" in err and "Traceback" not in err
+    assert not (tmp_path / "v.zarr").exists()  # nothing written
