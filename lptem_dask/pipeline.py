@@ -74,6 +74,15 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR = ".lptem"
 CHUNK_STAGES = ("image", "maps", "labels", "regions")
+# the SegmentConfig fields that label_frames takes (the labels stage's settings)
+LABEL_KEYS = (
+    "threshold",
+    "min_area_px",
+    "split_touching",
+    "marker_threshold",
+    "min_confidence",
+    "min_relative_area",
+)
 VIDEO_STAGES = ("tracks", "analyses", "report")
 ALL_STAGES = CHUNK_STAGES + VIDEO_STAGES
 
@@ -172,19 +181,7 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
             "model": _model_fingerprint(config.segment.model),
             **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
         },
-        "labels": {
-            k: seg[k]
-            for k in (
-                "threshold",
-                "min_area_px",
-                "split_touching",
-                "marker_threshold",
-                "min_confidence",
-                "min_relative_area",
-                "method",
-                "baseline_params",
-            )
-        },
+        "labels": {k: seg[k] for k in (*LABEL_KEYS, "method", "baseline_params")},
         "regions": dump_config(config.measure),
         "tracks": dump_config(config.link),
         "analyses": {"analyses": list(config.analyses)},
@@ -638,16 +635,6 @@ def task_maps(
         _write_region(Path(store), str(v), a, np.asarray(maps[v].values, dtype=np.float32))
     _finish_chunk(Path(store), "maps", chunk, stage_hash)
     return chunk
-
-
-LABEL_KEYS = (
-    "threshold",
-    "min_area_px",
-    "split_touching",
-    "marker_threshold",
-    "min_confidence",
-    "min_relative_area",
-)
 
 
 def _labels_of(video: xr.DataArray, maps: xr.Dataset | None, kwargs: dict) -> np.ndarray:
