@@ -18,7 +18,8 @@ Gaussian of ``contour_sigma_px`` (or of the probability map restricted to the
 region, when ``probability`` is given), found with
 :func:`skimage.measure.find_contours`, resampled at uniform arc length; the
 curvature is computed from the periodic Fourier derivatives of the outline
-smoothed along its arc by a Gaussian of ``curvature_sigma_px``.
+smoothed along its arc by a Gaussian of ``curvature_sigma_px`` (by default a
+quarter of the region's equivalent radius, at least 2 px).
 """
 
 from __future__ import annotations
@@ -397,6 +398,23 @@ def _outline_in_frame(
     return outline + np.array([y0, x0], np.float64) if len(outline) else outline
 
 
+CURVATURE_SIGMA_REL = 0.25  # of the equivalent radius; at least CURVATURE_SIGMA_MIN_PX
+CURVATURE_SIGMA_MIN_PX = 2.0
+
+
+def auto_curvature_sigma_px(area_px: float) -> float:
+    """Arc-length smoothing (px) of an outline before its curvature, for ``None``.
+
+    A quarter of the region's equivalent radius, at least 2 px: the same relative
+    smoothing for particles of every size. Chosen on U-Net outlines of simulated
+    ellipses (semi-axes 15-40 px, moderate CNR, a seed the tests do not use): the
+    median relative curvature error went from 0.50 at a fixed 2 px to 0.22 at 6 px,
+    about a quarter of their equivalent radius.
+    """
+    r_eq = float(np.sqrt(max(area_px, 0.0) / np.pi))
+    return max(CURVATURE_SIGMA_MIN_PX, CURVATURE_SIGMA_REL * r_eq)
+
+
 def _frame_contours(
     lbl: np.ndarray,
     prob: np.ndarray | None,
@@ -405,10 +423,11 @@ def _frame_contours(
     pixel_size_nm: float,
     step_px: float,
     contour_sigma_px: float,
-    curvature_sigma_px: float,
+    curvature_sigma_px: float | None,
 ) -> pd.DataFrame:
     parts = []
     slices = ndi.find_objects(lbl)
+    areas = np.bincount(lbl.ravel()) if curvature_sigma_px is None else None
     ps = float(pixel_size_nm)
     for i, sl in enumerate(slices):
         if sl is None:
@@ -418,7 +437,12 @@ def _frame_contours(
         if len(outline) < 3:
             continue
         pts = resample_closed(outline, step_px=step_px, min_points=8)
-        kappa = closed_curvature(pts, sigma_px=curvature_sigma_px)
+        sigma = (
+            auto_curvature_sigma_px(float(areas[lab]))  # type: ignore[index]
+            if curvature_sigma_px is None
+            else curvature_sigma_px
+        )
+        kappa = closed_curvature(pts, sigma_px=sigma)
         m = len(pts)
         perimeter = np.sum(np.hypot(*np.diff(np.vstack([outline, outline[:1]]), axis=0).T))
         arc = np.arange(m) * (perimeter / m)  # uniform arc length along the outline
@@ -497,7 +521,7 @@ def _contours_block(
     pixel_size_nm: float,
     step_px: float = 1.0,
     contour_sigma_px: float = 1.0,
-    curvature_sigma_px: float = 2.0,
+    curvature_sigma_px: float | None = None,
 ) -> pd.DataFrame:
     """Contours table of one block of frames (pure kernel of :func:`measure_contours`)."""
     labels = np.asarray(labels)
@@ -672,7 +696,7 @@ def measure_contours(
     pixel_size_nm: float | None = None,
     spacing_px: float = 1.0,
     contour_sigma_px: float = 1.0,
-    curvature_sigma_px: float = 2.0,
+    curvature_sigma_px: float | None = None,
 ) -> dd.DataFrame:
     """Outlines of every particle, at uniform arc length, with signed curvature (lazy).
 
@@ -688,8 +712,11 @@ def measure_contours(
         Spacing of the outline points along the arc (px, adjusted so they close evenly).
     contour_sigma_px : float
         Gaussian smoothing (px) of the mask before the iso-line.
-    curvature_sigma_px : float
+    curvature_sigma_px : float, optional
         Gaussian smoothing (px of arc length) of the outline before differentiating.
+        None: per region, a quarter of its equivalent radius and at least 2 px
+        (:func:`auto_curvature_sigma_px`), so particles of every size get the same
+        relative smoothing.
 
     Returns
     -------
@@ -730,7 +757,7 @@ def measure_store(
     contours: bool = False,
     overwrite: bool = False,
     contour_sigma_px: float = 1.0,
-    curvature_sigma_px: float = 2.0,
+    curvature_sigma_px: float | None = None,
     spacing_px: float = 1.0,
 ) -> dict[str, Path]:
     """Measure a store's ``labels`` into its ``regions`` (and ``contours``) tables.
