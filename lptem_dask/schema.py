@@ -88,6 +88,7 @@ REGIONS: dict[str, tuple[str, str]] = {
     "eccentricity": ("float64", "1"),
     "solidity": ("float64", "1"),
     "mean_intensity": ("float64", "image"),
+    "contrast": ("float64", "1"),
     "confidence": ("float64", "1"),
     "bbox_y0": ("int32", "px"),
     "bbox_x0": ("int32", "px"),

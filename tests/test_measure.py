@@ -141,6 +141,29 @@ def test_centroid_area_bbox_and_nm_conversion():
     assert np.isnan(t2.dose_e_per_A2).all() and np.isnan(t2.confidence).all()
 
 
+def test_local_contrast_against_its_background_ring():
+    """contrast = (background - region) / background with the background from a ring
+    2-6 px around each region: a dark particle on a brighter, uneven background, and
+    a bright one (dark-field) on the other side."""
+    n = 64
+    m1 = np.zeros((n, n), bool)
+    m1[10:20, 10:20] = True
+    m2 = np.zeros((n, n), bool)
+    m2[40:50, 40:50] = True
+    lab = as_labels(m1, m2, attrs={"pixel_size_nm": 1.0})
+    img = np.where(np.arange(n)[None, :] < 32, 100.0, 200.0) * np.ones((n, 1))
+    img[m1] = 60.0  # dark on 100
+    img[m2] = 260.0  # bright on 200
+    t = measure_regions(lab, xr.DataArray(img[None], dims=DIMS)).compute()
+    assert t["contrast"].tolist() == pytest.approx([0.4, -0.3])
+    # pixels 1 px outside a region are not background (its blurred edge)
+    img2 = img.copy()
+    img2[9, 10:20] = 0.0
+    t2 = measure_regions(lab, xr.DataArray(img2[None], dims=DIMS)).compute()
+    assert t2["contrast"].iloc[0] == pytest.approx(0.4)
+    assert np.isnan(measure_regions(lab).compute()["contrast"]).all()
+
+
 def test_time_and_cumulative_dose_from_video_attrs():
     lab = np.zeros((3, 16, 16), np.int32)
     lab[:, 4:8, 4:8] = 1

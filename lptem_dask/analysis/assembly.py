@@ -126,7 +126,8 @@ def contact_pairs(
         ``cube_orientation_deg`` (direction of a vertex, as
         :func:`lptem_dask.measure.measure_regions` gives it) or else
         ``orientation_deg`` (a face normal); regions of several particles use
-        ``orientation_deg`` (their long axis).
+        ``orientation_deg`` (their long axis) and, when present,
+        ``major_axis_length_nm`` (their length, gaps of their bonds included).
     shape : {"cube", "sphere"}
     size_nm : float
         Cube edge or sphere diameter (nm).
@@ -146,7 +147,16 @@ def contact_pairs(
     P = frame[["x_nm", "y_nm"]].to_numpy(np.float64)
     P = P * np.array([1.0, -1.0])  # screen axes: y up
     nm = np.ones(n) if n_members is None else np.asarray(n_members, np.float64)
-    reach = 0.5 * size_nm * np.sqrt(2.0) * np.maximum(nm, 1.0)
+    h = 0.5 * size_nm
+    # half length of a region of several unresolved particles along its axis: from
+    # its own second moments where measured (a uniform rectangle of length L has
+    # major_axis_length = 4 L / sqrt(12)), which includes the gaps of its bonds;
+    # else n half sizes
+    half_len = h * np.maximum(nm, 1.0)
+    if "major_axis_length_nm" in frame.columns:
+        measured = frame["major_axis_length_nm"].to_numpy(np.float64) * np.sqrt(3.0) / 4.0
+        half_len = np.where((nm > 1.5) & np.isfinite(measured), measured, half_len)
+    reach = np.maximum(0.5 * size_nm * np.sqrt(2.0) * np.maximum(nm, 1.0), half_len + h)
     tree = cKDTree(P)
     pairs = tree.query_pairs(2 * reach.max() + max_gap_nm, output_type="ndarray")
     if len(pairs) == 0:
@@ -155,7 +165,6 @@ def contact_pairs(
     d = P[j] - P[i]
     dist = np.hypot(d[:, 0], d[:, 1])
     bond = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
-    h = 0.5 * size_nm
     if shape == "sphere":
         # a region of n unresolved spheres: a row of half length n d / 2 along its axis
         ax = (
@@ -179,8 +188,8 @@ def contact_pairs(
         th = np.where(multi, frame["orientation_deg"].to_numpy(np.float64), th)
     phi_i = np.radians(bond - th[i])
     phi_j = np.radians(bond - th[j])
-    ri = _half_extent(h * nm[i], np.full(len(i), h), phi_i)
-    rj = _half_extent(h * nm[j], np.full(len(j), h), phi_j)
+    ri = _half_extent(half_len[i], np.full(len(i), h), phi_i)
+    rj = _half_extent(half_len[j], np.full(len(j), h), phi_j)
     gap = dist - ri - rj
     rel = _fold(th[i] - th[j], 90.0)
     face = np.maximum(_fold(bond - th[i], 90.0), _fold(bond - th[j], 90.0))
@@ -196,6 +205,8 @@ def chains_from_regions(
     max_gap_nm: float | None = None,
     angle_tol_deg: float = 15.0,
     monomer_area_nm2: float | None = None,
+    min_particle_fraction: float = 0.5,
+    min_relative_contrast: float = 0.5,
 ) -> pd.DataFrame:
     """Chains as connected components of the per-frame contact graph.
 
@@ -203,7 +214,14 @@ def chains_from_regions(
     separate them) count ``round(area / monomer_area)`` particles (a region
     that also fills the gaps between them may count one particle too many per
     four or five bonds; the kinetic fits use only the numbers of clusters and
-    monomers, which this does not change).
+    monomers, which this does not change). Regions smaller than
+    ``min_particle_fraction`` of a monomer hold no particle (a fragment cut off
+    a particle's outline, a speck of noise) and are left out: counted as
+    monomers they would add false monomers that never react. So are regions
+    whose local contrast (the regions table's ``contrast``, when it has one) is
+    below ``min_relative_contrast`` of the median contrast: particles of one
+    material and thickness have about the same mass-thickness contrast, a dark
+    patch of the liquid background much less.
 
     Parameters
     ----------
@@ -219,12 +237,20 @@ def chains_from_regions(
     angle_tol_deg : float
     monomer_area_nm2 : float, optional
         Area of one particle; default the median area of the first frame.
+    min_particle_fraction : float
+        Regions with a smaller area (in monomer areas) are left out; 0 keeps
+        every region (each then counts at least one particle).
+    min_relative_contrast : float
+        Regions whose ``|contrast|`` is below this fraction of the median
+        ``|contrast|`` of all regions are left out; 0 keeps them all. Regions
+        without a contrast (NaN, or no such column) are kept.
 
     Returns
     -------
     pandas.DataFrame
-        One row per region: ``frame``, ``time_s``, ``label``, ``n_members``,
-        ``chain`` (component id, unique within the frame).
+        One row per region that holds a particle: ``frame``, ``time_s``,
+        ``label``, ``n_members``, ``chain`` (component id, unique within the
+        frame).
     """
     need = {"frame", "label", "y_nm", "x_nm", "area_nm2"}
     missing = need - set(regions.columns)
@@ -259,6 +285,21 @@ def chains_from_regions(
         )
     if max_gap_nm is None:
         max_gap_nm = 0.25 * size_nm
+    if not 0 <= min_particle_fraction < 1:
+        raise InputError(
+            f"`min_particle_fraction` must be in [0, 1), got {min_particle_fraction!r}"
+        )
+    if not 0 <= min_relative_contrast < 1:
+        raise InputError(
+            f"`min_relative_contrast` must be in [0, 1), got {min_relative_contrast!r}"
+        )
+    keep = regions["area_nm2"].to_numpy() >= min_particle_fraction * monomer_area_nm2
+    if "contrast" in regions.columns and min_relative_contrast > 0:
+        c = np.abs(regions["contrast"].to_numpy(np.float64))
+        if np.isfinite(c).any():
+            low = c < min_relative_contrast * float(np.nanmedian(c))
+            keep &= ~(np.isfinite(c) & low)
+    regions = regions[keep].reset_index(drop=True)
     nmem = np.maximum(np.rint(regions["area_nm2"].to_numpy() / monomer_area_nm2), 1).astype(
         np.int64
     )
@@ -375,13 +416,21 @@ def _intervals(chains: pd.DataFrame):
     return frames, sizes, times
 
 
-def _class_logterm(n: int, m: int, H: np.ndarray, floor: float) -> float:
-    """log sum_j prod_c H_c^x_c / x_c!  (k-free part of the interval log-likelihood)."""
+def _class_logterm(n: int, m: int, H: np.ndarray, floor: float, error_rate: float = 0.0) -> float:
+    """log sum_j prod_c H_c^x_c / x_c!  (k-free part of the interval log-likelihood).
+
+    With ``error_rate`` e, the class propensities are ``(1 - e) H_c + e H / 3``:
+    a fraction e of the detected events fall in any class with equal chance (a
+    chain split for a frame that joins again, a spurious object), which keeps
+    ``sum_c H_c`` and so the rate constant's likelihood unchanged.
+    """
     j = np.arange(max(0, m - n), m // 2 + 1)
     if j.size == 0:
         return -np.inf
     x = np.stack([j, m - 2 * j, n - m + j]).astype(np.float64)
-    Hf = np.maximum(H, floor * max(H.sum(), 1e-300))
+    tot = max(float(H.sum()), 1e-300)
+    H = (1.0 - error_rate) * H + error_rate * tot / 3.0
+    Hf = np.maximum(H, floor * tot)
     logH = np.log(Hf)[:, None]
     terms = np.sum(x * logH - gammaln(x + 1), axis=0)
     return float(logsumexp(terms))
@@ -393,6 +442,8 @@ def fit_law(
     *,
     kernel_exponent: float = 1.0,
     floor: float = 1e-6,
+    irreversible: bool = True,
+    error_rate: float | None = None,
 ) -> dict[str, Any]:
     """Maximum-likelihood fit of one kinetic law to per-frame chain sizes.
 
@@ -406,6 +457,16 @@ def fit_law(
     floor : float
         Relative floor of a class propensity, so that a single misdetected
         event does not make a law impossible.
+    irreversible : bool
+        Chaining is irreversible, so the numbers of clusters and of monomers
+        can only decrease: take them as running minima over frames. A chain
+        split for one frame, or a spurious object, then makes no event when it
+        is undone (on exact counts this changes nothing).
+    error_rate : float, optional
+        Fraction of detected events assigned to a random class (segmentation
+        errors; see ``_class_logterm``). ``None`` (default): fitted by maximum
+        likelihood in [0, 0.5] and counted as a second parameter in the AIC (of
+        every law alike). ``0`` gives the exact-counts likelihood.
 
     Returns
     -------
@@ -422,11 +483,20 @@ def fit_law(
         raise InputError("`chains` needs at least two frames to fit kinetics")
     hs = [propensities(sizes[f], law, kernel_exponent=kernel_exponent) for f in frames]
     counts = [(len(sizes[f]), int(np.sum(sizes[f] == 1))) for f in frames]
+    if irreversible:
+        # Chaining is irreversible: clusters and monomers only ever decrease. A
+        # count that rises again is a detection error (a chain split for a frame, a
+        # spurious object); running minima make such a flicker and its undoing no
+        # event at all, instead of a split (dropped) plus a spurious merge.
+        n_run = np.minimum.accumulate([c[0] for c in counts])
+        m_run = np.minimum.accumulate([c[1] for c in counts])
+        counts = [(int(a), int(b)) for a, b in zip(n_run, m_run, strict=True)]
     n_tot = 0
     H_tot = 0.0
-    C = 0.0
+    impossible = False
     dropped = 0
     used = 0
+    events: list[tuple[int, int, np.ndarray]] = []
     for t in range(len(frames) - 1):
         dt = times[t + 1] - times[t]
         n = counts[t][0] - counts[t + 1][0]
@@ -436,17 +506,27 @@ def fit_law(
             continue
         H = 0.5 * dt * (hs[t] + hs[t + 1])
         if n > 0 and H.sum() <= 0:
-            C = -np.inf  # events where the law allows none
+            impossible = True  # events where the law allows none
             continue
         if n > 0:
-            c = _class_logterm(n, m, H, floor)
-            if not np.isfinite(c):
-                dropped += 1
-                continue
-            C += c
+            events.append((n, m, H))
         n_tot += n
         H_tot += float(H.sum())
         used += 1
+
+    def class_ll(e: float) -> float:
+        return float(sum(_class_logterm(n, m, H, floor, e) for n, m, H in events))
+
+    fitted_error = error_rate is None
+    if error_rate is None:
+        opt = optimize.minimize_scalar(
+            lambda e: -class_ll(e), bounds=(0.0, 0.5), method="bounded", options={"xatol": 1e-4}
+        )
+        error_rate = float(opt.x)
+        if class_ll(0.0) >= class_ll(error_rate):
+            error_rate = 0.0
+    C = -np.inf if impossible else class_ll(float(error_rate))
+    n_par = 2 if fitted_error else 1
     if H_tot <= 0 or n_tot == 0:
         return {
             "law": law,
@@ -458,6 +538,7 @@ def fit_law(
             "exposure_s": H_tot,
             "n_intervals": used,
             "dropped_intervals": dropped,
+            "error_rate": float(error_rate),
         }
     k = n_tot / H_tot
 
@@ -477,7 +558,8 @@ def fit_law(
         "k_per_s": float(k),
         "ci95_per_s": [float(np.exp(lo)), float(np.exp(hi))],
         "loglik": float(loglik),
-        "aic": float(2 * 1 - 2 * loglik),
+        "aic": float(2 * n_par - 2 * loglik),
+        "error_rate": float(error_rate),
         "n_events": int(n_tot),
         "exposure_s": float(H_tot),
         "n_intervals": used,

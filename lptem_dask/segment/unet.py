@@ -176,15 +176,54 @@ class _Up(nn.Module):
             w.shape[0] * 4, w.shape[1], 2, 2
         )
         b4 = None if conv.bias is None else conv.bias.repeat_interleave(4)
-        y = F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w4, b4))  # (n, 4c, h, w)
+        y = F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w4, b4), inplace=True)  # (n, 4c, h, w)
         if not y.is_contiguous(memory_format=torch.channels_last):
             return F.pixel_shuffle(y, 2)
         # pixel shuffle that keeps the channels-last layout (no transposing copies
         # at the skip concatenation that follows)
         n, c4, h, wd = y.shape
-        c = c4 // 4
-        nhwc = y.permute(0, 2, 3, 1).reshape(n, h, wd, c, 2, 2).permute(0, 1, 4, 2, 5, 3)
-        return nhwc.reshape(n, 2 * h, 2 * wd, c).permute(0, 3, 1, 2)
+        nhwc = _shuffled_nhwc(y)
+        return nhwc.reshape(n, 2 * h, 2 * wd, c4 // 4).permute(0, 3, 1, 2)
+
+    def forward_cat(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``torch.cat([skip, self(x)], dim=1)``, the upsampled half written in place.
+
+        Inference only (channels-last tensors, no autograd): the pixel shuffle
+        writes straight into the concatenated tensor, which saves one copy of the
+        upsampled activations per level. Same numbers as the unfused path.
+        """
+        conv = self.conv
+        if (
+            self.mode == "transpose"
+            or torch.is_grad_enabled()
+            or not skip.is_contiguous(memory_format=torch.channels_last)
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return torch.cat([skip, self(x)], dim=1)
+        assert isinstance(conv, nn.Conv2d)
+        w = conv.weight
+        taps = _PARITY_TAPS.to(dtype=w.dtype, device=w.device)
+        w4 = torch.einsum("aiy,bjx,ocyx->oabcij", taps, taps, w).reshape(
+            w.shape[0] * 4, w.shape[1], 2, 2
+        )
+        b4 = None if conv.bias is None else conv.bias.repeat_interleave(4)
+        y = F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w4, b4), inplace=True)
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            return torch.cat([skip, F.pixel_shuffle(y, 2)], dim=1)
+        n, c4, h, wd = y.shape
+        c, cs = c4 // 4, skip.shape[1]
+        if skip.shape[2:] != (2 * h, 2 * wd):
+            return torch.cat([skip, self(x)], dim=1)
+        out = torch.empty(
+            (n, cs + c, 2 * h, 2 * wd),
+            dtype=y.dtype,
+            device=y.device,
+            memory_format=torch.channels_last,
+        )
+        out[:, :cs].copy_(skip)
+        dest = out.permute(0, 2, 3, 1).view(n, h, 2, wd, 2, cs + c)[..., cs:]
+        dest.copy_(_shuffled_nhwc(y))
+        return out
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The paper's formulation, literally (upsample, pad, conv); for tests."""
@@ -193,6 +232,12 @@ class _Up(nn.Module):
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = F.pad(x, (0, 1, 0, 1))
         return F.relu(self.conv(x))
+
+
+def _shuffled_nhwc(y: torch.Tensor) -> torch.Tensor:
+    """View of a channels-last ``(n, 4c, h, w)`` tensor as ``(n, h, 2, w, 2, c)``."""
+    n, c4, h, wd = y.shape
+    return y.permute(0, 2, 3, 1).reshape(n, h, wd, c4 // 4, 2, 2).permute(0, 1, 4, 2, 5, 3)
 
 
 # _PARITY_TAPS[a, i, d]: for output row parity a, tap d of the 2x2 kernel over the
@@ -250,8 +295,27 @@ class UNet(nn.Module):
                 skips.append(x)
                 x = F.max_pool2d(x, 2)
         for up, conv in zip(self.ups, self.up_convs, strict=True):
-            x = up(x)
-            x = conv(torch.cat([skips.pop(), x], dim=1))
+            assert isinstance(up, _Up)
+            x = conv(up.forward_cat(x, skips.pop()))
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        # A 1x1 convolution to a couple of channels takes PyTorch's slow generic
+        # path on CPU; on a channels-last input it is a (pixels x c) @ (c x k)
+        # matrix product. Inference only; same numbers to float rounding.
+        last = self.head[-1]
+        if (
+            len(self.head) == 1
+            and isinstance(last, nn.Conv2d)
+            and not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            w = last.weight[:, :, 0, 0]
+            y = x.permute(0, 2, 3, 1) @ w.t().to(x.dtype)
+            if last.bias is not None:
+                y = y + last.bias.to(x.dtype)
+            return y.permute(0, 3, 1, 2)
         return self.head(x)
 
 
