@@ -105,18 +105,21 @@ def unwrap_orientation(
     order = np.lexsort((tracks["frame"].to_numpy(), part))
     a = tracks[column].to_numpy(np.float64)[order]
     p = part[order]
-    d = np.diff(a, prepend=np.nan)
-    half = symmetry_deg / 2.0
-    d = np.mod(d + half, symmetry_deg) - half
-    start = np.ones(n, bool)
-    start[1:] = p[1:] != p[:-1]
-    d[start] = a[start]
-    # a NaN orientation does not break the trajectory's continuity for later steps
-    d = np.where(np.isnan(d) & ~start, 0.0, d)
-    cum = pd.Series(d).groupby(p).cumsum().to_numpy().copy()
-    cum[np.isnan(a)] = np.nan
+    # steps between consecutive *measured* orientations of a trajectory: a row
+    # without an orientation (NaN) is skipped, the rotation across it is kept
+    valid = np.flatnonzero(np.isfinite(a))
+    out_sorted = np.full(n, np.nan)
+    if valid.size:
+        av, pv = a[valid], p[valid]
+        d = np.diff(av, prepend=np.nan)
+        half = symmetry_deg / 2.0
+        d = np.mod(d + half, symmetry_deg) - half
+        start = np.ones(valid.size, bool)
+        start[1:] = pv[1:] != pv[:-1]
+        d[start] = av[start]
+        out_sorted[valid] = pd.Series(d).groupby(pv).cumsum().to_numpy()
     out = np.empty(n)
-    out[order] = cum
+    out[order] = out_sorted
     return out
 
 

@@ -269,6 +269,26 @@ def test_orientation_unwrapping_with_symmetry():
     np.testing.assert_allclose(u, [89.0, 91.0, 0.0, 44.0])
 
 
+def test_unwrapping_keeps_the_rotation_across_a_missing_orientation():
+    """A frame whose outline gave no orientation (NaN) must not drop the rotation
+    between its neighbours: the steps are taken between measured orientations."""
+    true = 10.0 + 17.0 * np.arange(8)
+    a = true % 120
+    a[[2, 5]] = np.nan
+    t = pd.DataFrame({"particle": 0, "frame": np.arange(8), "prism_orientation_deg": a})
+    u = unwrap_orientation(t, symmetry_deg=120, column="prism_orientation_deg")
+    ok = ~np.isnan(a)
+    np.testing.assert_allclose(u[ok], true[ok])
+    assert np.isnan(u[~ok]).all()
+    # a trajectory that starts without an orientation starts at its first measured one
+    t2 = pd.DataFrame(
+        {"particle": 3, "frame": [0, 1, 2], "prism_orientation_deg": [np.nan, 115.0, 5.0]}
+    )
+    np.testing.assert_allclose(
+        unwrap_orientation(t2, symmetry_deg=120, column="prism_orientation_deg")[1:], [115.0, 125.0]
+    )
+
+
 # -------------------------------------------------------------- windowed, from store
 def _store_with_regions(tmp_path, table, frames_per_part):
     t = table.drop(columns=["true_id"]).sort_values(["frame", "label"], kind="stable")
