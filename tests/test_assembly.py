@@ -277,6 +277,10 @@ def _rate_for(law: str, n: int) -> float:
 @pytest.mark.skipif(not MODEL.exists(), reason=f"default U-Net model {MODEL} not trained yet")
 @pytest.mark.parametrize("law", LAWS)
 def test_end_to_end_unet(law):  # pragma: no cover - needs the trained model
+    """One seed through the shipped U-Net: the law is identified and k is within 5% of
+    the fit of the same realisation's truth chains (what segmentation can lose). How
+    often k is within 10% of the configured rate over 10 seeds (the realisation's own
+    spread is about 6% at 300 monomers) is measured by benchmarks/eval_assembly.py."""
     import lptem_dask as lp
     from lptem_dask.measure import measure_regions
 
@@ -289,8 +293,9 @@ def test_end_to_end_unet(law):  # pragma: no cover - needs the trained model
         labels, video, shape="cube", frame_interval_s=cfg.frame_interval_s
     ).compute()
     fit = fit_kinetics(chain_statistics(chains_from_regions(reg, shape="cube")))
+    truth_fit = fit_kinetics(truth.chains())
     assert fit["best"] == law
-    assert fit["fits"][law]["k_per_s"] == pytest.approx(cfg.rate_constant_per_s, rel=0.10)
+    assert fit["fits"][law]["k_per_s"] == pytest.approx(truth_fit["fits"][law]["k_per_s"], rel=0.05)
 
 
 def test_run_assembly_store(tmp_path):
