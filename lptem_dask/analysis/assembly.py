@@ -25,6 +25,14 @@ profile likelihood (``2 (l_max - l(k)) <= 3.84``) and the law-specific constant
 ``C_law`` (how the events split into classes, and how the event rate follows
 the state) decides between laws by AIC.
 
+Counts from segmented videos carry detection errors, so by default (see
+:func:`fit_law`) ``N`` and ``M`` are taken as running minima over frames
+(chaining is irreversible: a count that rises again is an error, and undoing it
+is no event), and a fraction ``e`` of the events is allowed to fall in any class
+(``h_c -> (1 - e) h_c + e h / 3``, which leaves ``H_tot`` and ``k``'s likelihood
+as they are); ``e`` is fitted by maximum likelihood and counted as a second
+parameter in every law's AIC. On exact counts both change nothing (``e = 0``).
+
 Propensities (``M`` monomers, ``N_c`` chains, ``N = M + N_c``,
 ``S = sum over chains of s^-nu``):
 
