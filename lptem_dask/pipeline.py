@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from . import schema
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
 from .errors import ConfigError, InputError, LockedError, LptemError, StoreError
@@ -182,7 +183,12 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
             **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
         },
         "labels": {k: seg[k] for k in (*LABEL_KEYS, "method", "baseline_params")},
-        "regions": dump_config(config.measure),
+        # the tables' columns are part of what the stage makes: a resumed run after
+        # a schema change recomputes the regions instead of mixing old and new parts
+        "regions": {
+            **dump_config(config.measure),
+            "columns": [*schema.REGIONS, *schema.CONTOURS],
+        },
         "tracks": dump_config(config.link),
         "analyses": {"analyses": list(config.analyses)},
         "report": {"report": config.report},

@@ -328,3 +328,21 @@ def test_particle_size_and_polarity_decided_once_per_video(inputs, tmp_path):
     assert _stage_record(store, "maps")["resolved"] == plan.maps_overrides
     # a second planning of the same store reuses the recorded decision
     assert plan_video(src, store, cfg, until="maps").maps_overrides == plan.maps_overrides
+
+
+def test_regions_stage_hash_follows_the_table_schema(monkeypatch, tmp_path):
+    """A new column in the regions schema changes the regions stage (and what follows),
+    not the segmentation: a resumed run recomputes regions instead of mixing parts."""
+    from lptem_dask import pipeline, schema
+    from lptem_dask.config import PipelineConfig
+
+    src = tmp_path / "v.tif"
+    src.write_bytes(b"not read")
+    cfg = PipelineConfig(videos=[str(src)])
+    before = pipeline.stage_hashes(cfg, src)
+    monkeypatch.setitem(schema.REGIONS, "new_column", ("float64", "1"))
+    after = pipeline.stage_hashes(cfg, src)
+    for st in ("image", "maps", "labels"):
+        assert after[st] == before[st]
+    for st in ("regions", "tracks"):
+        assert after[st] != before[st]
