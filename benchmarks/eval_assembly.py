@@ -22,8 +22,10 @@ Usage::
     .venv/bin/python benchmarks/eval_assembly.py                 # 10 seeds x 3 laws (~90 min on 2 cores)
     .venv/bin/python benchmarks/eval_assembly.py --seeds 0 1     # quicker
 
-Each (law, seed) is saved as JSON in ``--work`` as it finishes (a rerun skips
-those already there); the summary goes to ``benchmarks/results/assembly_e2e.json``.
+Each (law, seed) is saved as JSON in ``--work`` as it finishes, with its regions
+table as Parquet (not committed: about 2 MB each; a rerun skips those already there; ``--refit`` refits every
+run from its saved regions, for a change to the analysis alone); the summary goes
+to ``benchmarks/results/assembly_e2e.json``.
 """
 
 from __future__ import annotations
@@ -40,20 +42,40 @@ CONFIGS = ROOT / "configs" / "assembly"
 LAWS = ("first_order", "second_order", "smoluchowski")
 
 
-def run_one(law: str, seed: int, monomers: int) -> dict:
+def _config(law: str, monomers: int):
+    from lptem_dask.simulate.assembly import load_assembly_config
+
+    base = load_assembly_config(CONFIGS / f"{law}.yaml")
+    k = base.rate_constant_per_s * (1.0 if law == "first_order" else base.n_monomers / monomers)
+    return base.model_copy(update={"n_monomers": monomers, "rate_constant_per_s": k})
+
+
+def run_one(law: str, seed: int, monomers: int, regions_path: Path, refit: bool) -> dict:
+    """Segment + measure (or, with ``refit``, read the regions saved by an earlier
+    run of the same law and seed), then fit; the truth chains are re-simulated."""
+    import pandas as pd
+
     import lptem_dask as lp
     from lptem_dask.analysis.assembly import chain_statistics, chains_from_regions, fit_kinetics
     from lptem_dask.measure import measure_regions
-    from lptem_dask.simulate.assembly import load_assembly_config, simulate_assembly_video
+    from lptem_dask.simulate.assembly import simulate_assembly, simulate_assembly_video
 
     t0 = time.time()
-    base = load_assembly_config(CONFIGS / f"{law}.yaml")
-    k = base.rate_constant_per_s * (1.0 if law == "first_order" else base.n_monomers / monomers)
-    cfg = base.model_copy(update={"n_monomers": monomers, "rate_constant_per_s": k})
-    video, truth = simulate_assembly_video(cfg, seed=seed)
-    labels = lp.segment(video, model="default", particle_size_px=cfg.edge_nm / cfg.pixel_size_nm)
-    reg = measure_regions(labels, video, shape="cube", frame_interval_s=cfg.frame_interval_s)
-    fit = fit_kinetics(chain_statistics(chains_from_regions(reg.compute(), shape="cube")))
+    cfg = _config(law, monomers)
+    k = cfg.rate_constant_per_s
+    if refit and regions_path.exists():
+        reg = pd.read_parquet(regions_path)
+        truth = simulate_assembly(cfg, seed=seed)
+    else:
+        video, truth = simulate_assembly_video(cfg, seed=seed)
+        labels = lp.segment(
+            video, model="default", particle_size_px=cfg.edge_nm / cfg.pixel_size_nm
+        )
+        reg = measure_regions(
+            labels, video, shape="cube", frame_interval_s=cfg.frame_interval_s
+        ).compute()
+        reg.to_parquet(regions_path)
+    fit = fit_kinetics(chain_statistics(chains_from_regions(reg, shape="cube")))
     tfit = fit_kinetics(truth.chains())
     return {
         "law": law,
@@ -107,6 +129,11 @@ def main() -> None:
     ap.add_argument("--monomers", type=int, default=300)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "assembly_runs"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "assembly_e2e.json"))
+    ap.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit from the regions saved in --work (after a change to the analysis only)",
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -114,8 +141,8 @@ def main() -> None:
     for seed in args.seeds:
         for law in args.laws:
             f = work / f"{law}_{seed}.json"
-            if not f.exists():
-                res = run_one(law, seed, args.monomers)
+            if args.refit or not f.exists():
+                res = run_one(law, seed, args.monomers, work / f"{law}_{seed}.parquet", args.refit)
                 f.write_text(json.dumps(res, indent=1))
             r = json.loads(f.read_text())
             print(

@@ -347,6 +347,42 @@ def test_fragments_smaller_than_half_a_particle_are_not_counted():
         chains_from_regions(noisy, shape="cube", min_particle_fraction=1.5)
 
 
+def test_low_contrast_false_objects_outnumbering_particles_are_dropped():
+    """Dark patches of the liquid background that the segmentation took for particles:
+    particle-sized, far weaker contrast, and in some frames more of them than particles
+    (the median contrast then lies among them); the particles' monomer area and chains
+    must come out as without them."""
+    cfg = load_assembly_config(CONFIGS / "first_order.yaml").model_copy(
+        update={"n_monomers": 120, "n_frames": 8, "frame_interval_s": 5.0}
+    )
+    truth = simulate_assembly(cfg, seed=5)
+    rng = np.random.default_rng(4)
+    reg = _truth_regions(truth, rng).assign(
+        contrast=0.5 + 0.03 * rng.standard_normal(len(truth.particles))
+    )
+    n = 2 * len(reg) // cfg.n_frames  # twice as many false objects as particles per frame
+    fake = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(cfg.n_frames), n),
+            "label": np.tile(np.arange(10_000, 10_000 + n, dtype=np.int32), cfg.n_frames),
+            "y_nm": -1000.0 - 60.0 * np.tile(np.arange(n), cfg.n_frames),
+            "x_nm": -1000.0,
+            "area_nm2": cfg.edge_nm**2 * rng.uniform(0.3, 1.2, n * cfg.n_frames),
+            "cube_orientation_deg": 45.0,
+            "orientation_deg": 0.0,
+            "contrast": rng.uniform(0.05, 0.2, n * cfg.n_frames),
+        }
+    )
+    fake["time_s"] = fake["frame"] * cfg.frame_interval_s
+    noisy = pd.concat([reg, fake], ignore_index=True)
+    assert np.median(noisy["contrast"]) < 0.25  # the median is a false object's
+    want = size_distribution(truth.chains())
+    got = size_distribution(chain_statistics(chains_from_regions(noisy, shape="cube")))
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    kept = chains_from_regions(noisy, shape="cube", min_relative_contrast=0.0)
+    assert len(kept) > len(reg)
+
+
 def _flicker(chains: pd.DataFrame, rng, rate: float) -> pd.DataFrame:
     """Detection errors of a segmentation: in a fraction ``rate`` of frames per
     chain of >= 2 particles, the chain is seen split in two for that frame only."""

@@ -227,7 +227,7 @@ def chains_from_regions(
     a particle's outline, a speck of noise) and are left out: counted as
     monomers they would add false monomers that never react. So are regions
     whose local contrast (the regions table's ``contrast``, when it has one) is
-    below ``min_relative_contrast`` of the median contrast: particles of one
+    below ``min_relative_contrast`` of the particles' contrast: particles of one
     material and thickness have about the same mass-thickness contrast, a dark
     patch of the liquid background much less.
 
@@ -244,14 +244,15 @@ def chains_from_regions(
         Largest face-to-face gap of a bond (nm); default ``0.25 * size_nm``.
     angle_tol_deg : float
     monomer_area_nm2 : float, optional
-        Area of one particle; default the median area of the first frame.
+        Area of one particle; default the median area of the first frame's
+        regions (after the contrast filter, fragments left out).
     min_particle_fraction : float
         Regions with a smaller area (in monomer areas) are left out; 0 keeps
         every region (each then counts at least one particle).
     min_relative_contrast : float
-        Regions whose ``|contrast|`` is below this fraction of the median
-        ``|contrast|`` of all regions are left out; 0 keeps them all. Regions
-        without a contrast (NaN, or no such column) are kept.
+        Regions whose ``|contrast|`` is below this fraction of the 90th
+        percentile of ``|contrast|`` over all regions are left out; 0 keeps
+        them all. Regions without a contrast (NaN, or no such column) are kept.
 
     Returns
     -------
@@ -268,7 +269,35 @@ def chains_from_regions(
         )
     if shape not in ("cube", "sphere"):
         raise InputError(f"`shape` must be 'cube' or 'sphere', got {shape!r}")
+    if not 0 <= min_particle_fraction < 1:
+        raise InputError(
+            f"`min_particle_fraction` must be in [0, 1), got {min_particle_fraction!r}"
+        )
+    if not 0 <= min_relative_contrast < 1:
+        raise InputError(
+            f"`min_relative_contrast` must be in [0, 1), got {min_relative_contrast!r}"
+        )
     regions = regions.sort_values(["frame", "label"]).reset_index(drop=True)
+    if "contrast" in regions.columns and min_relative_contrast > 0 and len(regions):
+        c = np.abs(regions["contrast"].to_numpy(np.float64))
+        if np.isfinite(c).any():
+            # the particles are the strongest-contrast regions: the reference is the
+            # 90th percentile (the median would fall among the false objects of a
+            # frame that has more of them than particles)
+            ref = float(np.nanpercentile(c, 90))
+            low = np.isfinite(c) & (c < min_relative_contrast * ref)
+            regions = regions[~low].reset_index(drop=True)
+    if monomer_area_nm2 is None and len(regions):
+        # median area in the first frame, fragments (below min_particle_fraction of
+        # a first estimate) left out of it
+        a0 = regions.loc[regions["frame"] == regions["frame"].min(), "area_nm2"].to_numpy()
+        est = float(np.median(a0))
+        whole = a0[a0 >= min_particle_fraction * est]
+        monomer_area_nm2 = float(np.median(whole)) if whole.size else est
+    if len(regions):
+        regions = regions[
+            regions["area_nm2"].to_numpy() >= min_particle_fraction * monomer_area_nm2
+        ].reset_index(drop=True)
     if len(regions) == 0:
         return pd.DataFrame(
             {
@@ -282,9 +311,7 @@ def chains_from_regions(
                 ]
             }
         )
-    if monomer_area_nm2 is None:
-        first = regions[regions["frame"] == regions["frame"].min()]
-        monomer_area_nm2 = float(np.median(first["area_nm2"]))
+    assert monomer_area_nm2 is not None
     if size_nm is None:
         size_nm = (
             float(np.sqrt(monomer_area_nm2))
@@ -293,21 +320,6 @@ def chains_from_regions(
         )
     if max_gap_nm is None:
         max_gap_nm = 0.25 * size_nm
-    if not 0 <= min_particle_fraction < 1:
-        raise InputError(
-            f"`min_particle_fraction` must be in [0, 1), got {min_particle_fraction!r}"
-        )
-    if not 0 <= min_relative_contrast < 1:
-        raise InputError(
-            f"`min_relative_contrast` must be in [0, 1), got {min_relative_contrast!r}"
-        )
-    keep = regions["area_nm2"].to_numpy() >= min_particle_fraction * monomer_area_nm2
-    if "contrast" in regions.columns and min_relative_contrast > 0:
-        c = np.abs(regions["contrast"].to_numpy(np.float64))
-        if np.isfinite(c).any():
-            low = c < min_relative_contrast * float(np.nanmedian(c))
-            keep &= ~(np.isfinite(c) & low)
-    regions = regions[keep].reset_index(drop=True)
     nmem = np.maximum(np.rint(regions["area_nm2"].to_numpy() / monomer_area_nm2), 1).astype(
         np.int64
     )
