@@ -294,7 +294,7 @@ def chains_from_regions(
         est = float(np.median(a0))
         whole = a0[a0 >= min_particle_fraction * est]
         monomer_area_nm2 = float(np.median(whole)) if whole.size else est
-    if len(regions):
+    if len(regions) and monomer_area_nm2 is not None:
         regions = regions[
             regions["area_nm2"].to_numpy() >= min_particle_fraction * monomer_area_nm2
         ].reset_index(drop=True)
