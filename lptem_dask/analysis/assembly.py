@@ -542,10 +542,13 @@ def fit_law(
         opt = optimize.minimize_scalar(
             lambda e: -class_ll(e), bounds=(0.0, 0.5), method="bounded", options={"xatol": 1e-4}
         )
-        error_rate = float(opt.x)
-        if class_ll(0.0) >= class_ll(error_rate):
-            error_rate = 0.0
-    C = -np.inf if impossible else class_ll(float(error_rate))
+        best = -float(opt.fun)
+        at_zero = class_ll(0.0)  # the bounded search never evaluates the bound itself
+        error_rate, C = (0.0, at_zero) if at_zero >= best else (float(opt.x), best)
+    else:
+        C = class_ll(float(error_rate))
+    if impossible:
+        C = -np.inf
     n_par = 2 if fitted_error else 1
     if H_tot <= 0 or n_tot == 0:
         return {
