@@ -343,3 +343,96 @@ def test_end_to_end_unet_recovers_D_and_Dr(level, seed):
     Dm, Drm = _pipeline_D(video, labels, exposure_s=c.exposure_s)
     assert abs(Dm / c.diffusion_nm2_s - 1) < 0.10, Dm
     assert abs(Drm / c.rotational_diffusion_rad2_s - 1) < 0.15, Drm
+
+
+# ------------------------------------------------------------------ rotational correlation
+def _prisms_with_wild_orientations(seed: int, *, wild: float, sigma_deg: float = 8.0):
+    """Brownian prisms whose measured orientation (mod 120) is noisy and sometimes wild.
+
+    A fraction ``wild`` of the measurements is uniform over the period (a fit to the
+    wrong corner of a noisy prism); the rest carry Gaussian noise. The measured
+    column is unwrapped as :func:`lptem_dask.link` does.
+    """
+    from lptem_dask.track import unwrap_orientation
+
+    t = simulate_trajectories(
+        "brownian",
+        seed=seed,
+        n_frames=120,
+        n_particles=40,
+        diffusion_nm2_s=D,
+        rotational_diffusion_rad2_s=0.3,
+        frame_interval_s=DT,
+        exposure_s=TE,
+        size_nm=30.0,
+        image_size_px=600,
+    )
+    rng = np.random.default_rng(200 + seed)
+    meas = t["orientation_unwrapped_deg"].to_numpy() + rng.normal(0, sigma_deg, len(t))
+    out = rng.random(len(t)) < wild
+    meas[out] = rng.uniform(-60, 60, out.sum())
+    t["prism_orientation_deg"] = np.mod(meas + 60, 120) - 60
+    t["orientation_unwrapped_deg"] = unwrap_orientation(
+        t, symmetry_deg=120, column="prism_orientation_deg"
+    )
+    return t
+
+
+def test_rotation_period_is_read_from_the_unwrapping():
+    from lptem_dask.analysis.diffusion import rotation_period_deg
+
+    t = _prisms_with_wild_orientations(1, wild=0.0)
+    assert rotation_period_deg(t) == 120.0
+    t2 = t.assign(orientation_unwrapped_deg=t["orientation_unwrapped_deg"] + 7.0)
+    assert rotation_period_deg(t2) is None  # not whole periods from any measured column
+    assert rotation_period_deg(t.drop(columns="prism_orientation_deg")) is None
+
+
+def test_orientation_correlation_ignores_whole_symmetry_periods():
+    from lptem_dask.analysis.diffusion import orientation_correlation
+
+    t = _prisms_with_wild_orientations(2, wild=0.05)
+    c = orientation_correlation(t, frame_interval_s=DT, symmetry_deg=120, max_lag=5)
+    k = np.random.default_rng(0).integers(-3, 4, len(t))
+    shifted = t.assign(orientation_unwrapped_deg=t["orientation_unwrapped_deg"] + 120.0 * k)
+    c2 = orientation_correlation(shifted, frame_interval_s=DT, symmetry_deg=120, max_lag=5)
+    np.testing.assert_allclose(c2["corr"].to_numpy(), c["corr"].to_numpy(), atol=1e-9)
+    # and it decays as exp(-9 D_r tau) between lags (noise only scales it)
+    ratio = c["corr"].iloc[3] / c["corr"].iloc[0]
+    assert ratio == pytest.approx(np.exp(-9 * 0.3 * 3 * DT), rel=0.1)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_Dr_from_correlation_survives_wild_orientations(seed):
+    """8° noise and 8% wild orientations: the correlation fit stays within 15% of D_r,
+    the MSD of the unwrapped angle (one wrong 120° step spoils a whole trajectory) does not."""
+    t = _prisms_with_wild_orientations(seed, wild=0.08)
+    s, data = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, n_boot=100)
+    assert s["rotation_symmetry_deg"] == 120.0
+    assert s["rotation"]["method"] == "correlation"
+    rc = s["rotation"]
+    assert abs(rc["D"] / 0.3 - 1) < 0.15, rc
+    assert rc["ci_low"] < 0.3 < rc["ci_high"], rc
+    assert abs(s["rotation_msd"]["D"] / 0.3 - 1) > 0.3, s["rotation_msd"]
+    assert "corr_rot" in data
+    # without outliers both estimators agree with the truth
+    s0, _ = diffusion_analysis(
+        _prisms_with_wild_orientations(seed, wild=0.0),
+        frame_interval_s=DT,
+        exposure_s=TE,
+        n_boot=0,
+    )
+    assert abs(s0["rotation_correlation"]["D"] / 0.3 - 1) < 0.15
+    assert abs(s0["rotation_msd"]["D"] / 0.3 - 1) < 0.15
+    forced, _ = diffusion_analysis(
+        t, frame_interval_s=DT, exposure_s=TE, n_boot=0, rotation_method="msd"
+    )
+    assert forced["rotation"]["method"] == "msd"
+
+
+def test_correlation_method_needs_a_symmetry():
+    t = _noisy(1)  # orientations with no measured column to read the period from
+    with pytest.raises(InputError, match="symmetry_deg"):
+        diffusion_analysis(t, frame_interval_s=DT, rotation_method="correlation", n_boot=0)
+    s, _ = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, n_boot=0)
+    assert s["rotation"]["method"] == "msd" and s["rotation_symmetry_deg"] is None

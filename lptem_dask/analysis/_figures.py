@@ -21,15 +21,42 @@ def _plt():
 
 
 def plot_msd(data: xr.Dataset, summary: dict[str, Any], path: str | Path) -> Path:
-    """Log-log ensemble MSD (translation, and rotation when present) with the fitted lines."""
+    """Log-log ensemble MSD (translation, and rotation when present) with the fitted lines.
+
+    With a rotational correlation in ``data`` (``corr_rot``), a third panel shows
+    ``<cos m dtheta>`` on a log scale with its fitted exponential.
+    """
     plt = _plt()
     rot = "msd_rot" in data
-    fig, axes = plt.subplots(1, 2 if rot else 1, figsize=(9 if rot else 4.8, 3.8), squeeze=False)
+    corr = "corr_rot" in data and "rotation_correlation" in summary
+    n_panels = 1 + int(rot) + int(corr)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.5 * n_panels, 3.8), squeeze=False)
     tau = data["lag_s"].values
     te = float(summary.get("exposure_s", 0.0))
     panels = [(axes[0, 0], "msd", "translation", 2, "nm$^2$", "nm$^2$/s")]
     if rot:
-        panels.append((axes[0, 1], "msd_rot", "rotation", 1, "rad$^2$", "rad$^2$/s"))
+        key = "rotation_msd" if "rotation_msd" in summary else "rotation"
+        panels.append((axes[0, 1], "msd_rot", key, 1, "rad$^2$", "rad$^2$/s"))
+    if corr:
+        ax = axes[0, n_panels - 1]
+        fit = summary["rotation_correlation"]
+        m = float(fit["extra"]["order_m"])
+        c = data["corr_rot"].values
+        ax.semilogy(tau, np.where(c > 0, c, np.nan), "o", ms=3, label="data")
+        D, a = fit.get("D"), fit["extra"].get("intercept")
+        if D is not None and a is not None and np.isfinite(a):
+            lo, hi = fit.get("ci_low"), fit.get("ci_high")
+            ci = f" [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
+            ax.semilogy(
+                tau,
+                np.exp(a - m * m * D * (tau - te / 3)),
+                "-",
+                label=f"D_r = {D:.3g}{ci} rad$^2$/s",
+            )
+        ax.set_xlabel("lag time (s)")
+        ax.set_ylabel(f"<cos {m:g}Δθ>")
+        ax.set_title("rotation: orientational correlation")
+        ax.legend(fontsize=8)
     for ax, var, key, n, unit, dunit in panels:
         ax.loglog(tau, data[var].values, "o", ms=3, label="data")
         fit = summary.get(key, {})

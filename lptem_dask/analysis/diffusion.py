@@ -53,6 +53,9 @@ __all__ = [
     "particle_msd",
     "fit_diffusion",
     "bootstrap_diffusion",
+    "rotation_period_deg",
+    "orientation_correlation",
+    "fit_rotational_correlation",
     "correct_drift",
     "van_hove",
     "non_gaussian_parameter",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 DriftMode = Literal["none", "constant", "per_frame"]
+RotationMethod = Literal["auto", "correlation", "msd"]
 _MAX_WEIGHT = 10.0
 
 
@@ -469,6 +473,220 @@ def bootstrap_diffusion(
     )
 
 
+# ----------------------------------------------------------------------------- rotation
+_PERIOD_COLUMNS = (
+    ("prism_orientation_deg", 120.0),
+    ("cube_orientation_deg", 90.0),
+    ("orientation_deg", 180.0),
+)
+
+
+def rotation_period_deg(tracks: pd.DataFrame) -> float | None:
+    """The symmetry period (degrees) with which ``orientation_unwrapped_deg`` was unwrapped.
+
+    :func:`lptem_dask.link` unwraps a measured orientation column modulo the
+    particle's symmetry, so the unwrapped angle differs from that column by whole
+    periods: 120° from ``prism_orientation_deg``, 90° from ``cube_orientation_deg``
+    or 180° from ``orientation_deg``. The first of these that holds on every row is
+    returned; None when none does (the table was unwrapped some other way).
+    """
+    if "orientation_unwrapped_deg" not in tracks.columns:
+        return None
+    u = tracks["orientation_unwrapped_deg"].to_numpy(np.float64)
+    for col, period in _PERIOD_COLUMNS:
+        if col not in tracks.columns:
+            continue
+        r = (u - tracks[col].to_numpy(np.float64)) / period
+        ok = np.isfinite(r)
+        if ok.any() and np.allclose(r[ok], np.round(r[ok]), atol=1e-6):
+            return period
+    return None
+
+
+def orientation_correlation(
+    tracks: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    symmetry_deg: float,
+    max_lag: int = 50,
+    column: str = "orientation_unwrapped_deg",
+) -> pd.DataFrame:
+    """Ensemble orientational correlation ``C_m(tau) = <cos m (theta(t + tau) - theta(t))>``.
+
+    ``m = 360 / symmetry_deg`` is the order of the particle's rotational symmetry
+    (3 for a prism), so ``C_m`` does not change when an orientation is off by whole
+    symmetry periods: it needs no unwrapping, and a wrong unwrapping step (a branch
+    change) does not corrupt it. For planar rotational diffusion ``C_m(tau) =
+    exp(-m^2 D_r tau)``; Gaussian orientation noise and a fraction of wild
+    orientations (errors uniform over the period) multiply it by a constant.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``lag`` (frames); columns ``lag_s``, ``corr`` (C_m, 1), ``var``
+        (variance of ``cos``) and ``n`` (pairs).
+    """
+    s1, s2, n = _correlation_sums(tracks, symmetry_deg, max_lag, column)
+    tot = n.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = s1.sum(axis=0) / tot
+        var = s2.sum(axis=0) / tot - c * c
+    lag = np.arange(1, c.size + 1)
+    return pd.DataFrame(
+        {"lag_s": lag * frame_interval_s, "corr": c, "var": var, "n": tot},
+        index=pd.Index(lag, name="lag"),
+    )
+
+
+def _correlation_sums(
+    tracks: pd.DataFrame, symmetry_deg: float, max_lag: int, column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-particle sums of cos(m dtheta), cos^2 and counts per lag, shapes (particle, lag)."""
+    if not symmetry_deg > 0:
+        raise InputError(f"`symmetry_deg` must be > 0, got {symmetry_deg}")
+    v, _, _ = displacement_array(tracks, [column])
+    th = np.deg2rad(v[..., 0]) * (360.0 / symmetry_deg)
+    P, T = th.shape
+    L = max(0, min(int(max_lag), T - 1))
+    s1, s2, n = np.zeros((P, L)), np.zeros((P, L)), np.zeros((P, L))
+    for k in range(1, L + 1):
+        c = np.cos(th[:, k:] - th[:, :-k])
+        ok = np.isfinite(c)
+        c = np.where(ok, c, 0.0)
+        s1[:, k - 1], s2[:, k - 1], n[:, k - 1] = c.sum(1), (c * c).sum(1), ok.sum(1)
+    return s1, s2, n
+
+
+def _fit_log_correlation(
+    lag: np.ndarray,
+    corr: np.ndarray,
+    var: np.ndarray,
+    n: np.ndarray,
+    *,
+    frame_interval_s: float,
+    order: float,
+    exposure_s: float,
+) -> tuple[float, float]:
+    """Weighted LS of ``ln C = a - m^2 D (tau - t_E/3)``; returns (D, a).
+
+    Weights: inverse variance of ``ln C`` (``var / (n_eff C^2)``, delta method, with
+    ``n_eff = n / lag`` for overlapping pairs as in :func:`_fit_weights`); lags whose
+    correlation is not clearly above its noise (C < 3 standard errors) are left out.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(np.maximum(var, 1e-12) * lag / np.maximum(n, 1))
+        ok = np.isfinite(corr) & (n > 0) & (corr > 3 * se)
+        if ok.sum() < 2:
+            return float("nan"), float("nan")
+        x = lag[ok] * frame_interval_s - exposure_s / 3.0
+        y = np.log(corr[ok])
+        w = (corr[ok] / se[ok]) ** 2
+    W = w.sum()
+    xm, ym = (w * x).sum() / W, (w * y).sum() / W
+    b = (w * (x - xm) * (y - ym)).sum() / (w * (x - xm) ** 2).sum()
+    a = ym - b * xm
+    return float(-b / order**2), float(a)
+
+
+def fit_rotational_correlation(
+    tracks: pd.DataFrame,
+    *,
+    frame_interval_s: float,
+    symmetry_deg: float,
+    exposure_s: float = 0.0,
+    fit_lags: int = 4,
+    n_boot: int = 300,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    column: str = "orientation_unwrapped_deg",
+) -> DiffusionFit:
+    """Rotational diffusion coefficient from the orientational correlation function.
+
+    Fits ``ln C_m(tau) = a - m^2 D_r (tau - t_E/3)`` over lags 1..``fit_lags``
+    (:func:`orientation_correlation`), with a bootstrap interval over whole
+    trajectories. Unlike the MSD of unwrapped angles, the estimate is unaffected by
+    orientations that are wrong by whole symmetry periods, and orientation outliers
+    (a measurement fit to the wrong corner of a noisy prism) only lower the
+    intercept ``a``. Motion blur during the exposure ``t_E`` shifts the time axis by
+    ``t_E / 3`` for Gaussian increments, as for the MSD.
+
+    Parameters
+    ----------
+    tracks : pandas.DataFrame
+        ``particle``, ``frame`` and ``column`` (degrees).
+    frame_interval_s, exposure_s : float
+        s.
+    symmetry_deg : float
+        Rotational symmetry period of the particle (120 prism, 90 cube, 180 rod).
+    fit_lags, n_boot, ci_level, seed
+        As :func:`bootstrap_diffusion`.
+
+    Returns
+    -------
+    DiffusionFit
+        ``D`` in rad²/s; ``sigma`` (rad) is the orientation noise that the
+        intercept implies when every error is Gaussian (outliers raise it);
+        ``extra`` holds the method, the order ``m``, the intercept and the
+        bootstrap spread.
+    """
+    if not 0 < ci_level < 1:
+        raise InputError(f"`ci_level` must lie in (0, 1), got {ci_level}")
+    if fit_lags < 2:
+        raise InputError(f"`fit_lags` must be >= 2, got {fit_lags}")
+    m = 360.0 / symmetry_deg
+    s1, s2, n = _correlation_sums(tracks, symmetry_deg, fit_lags, column)
+    lag = np.arange(1, s1.shape[1] + 1, dtype=np.float64)
+    if lag.size < 2:
+        raise InputError("need at least 3 frames to fit rotational diffusion")
+
+    def fit(idx: Any) -> tuple[float, float]:
+        a1, a2, c = (s1, s2, n) if idx is None else (s1[idx], s2[idx], n[idx])
+        tot = c.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = a1.sum(axis=0) / tot
+            var = a2.sum(axis=0) / tot - corr * corr
+        return _fit_log_correlation(
+            lag, corr, var, tot, frame_interval_s=frame_interval_s, order=m, exposure_s=exposure_s
+        )
+
+    D, a = fit(None)
+    rng = np.random.default_rng(seed)
+    P = s1.shape[0]
+    boots = np.array(
+        [fit(rng.integers(0, P, P))[0] for _ in range(n_boot if P > 1 else 0)], np.float64
+    )
+    boots = boots[np.isfinite(boots)]
+    lo, hi = (
+        np.quantile(boots, [(1 - ci_level) / 2, (1 + ci_level) / 2])
+        if boots.size
+        else (np.nan, np.nan)
+    )
+    s2_eff = -a / m**2 if np.isfinite(a) else float("nan")
+    return DiffusionFit(
+        D=D,
+        sigma=float(np.sqrt(s2_eff)) if s2_eff >= 0 else float("nan"),
+        sigma2=float(s2_eff),
+        n_dim=1,
+        exposure_s=float(exposure_s),
+        frame_interval_s=float(frame_interval_s),
+        fit_lags=int(lag.size),
+        ci_low=float(lo),
+        ci_high=float(hi),
+        ci_level=ci_level,
+        n_particles=int(P),
+        n_displacements=int(n[:, 0].sum()) if n.size else 0,
+        extra={
+            "method": "correlation",
+            "model": "ln <cos m dtheta> = a - m^2 D_r (tau - t_E/3)",
+            "order_m": m,
+            "symmetry_deg": float(symmetry_deg),
+            "intercept": a,
+            "D_boot_std": float(boots.std()) if boots.size else float("nan"),
+            "n_boot": n_boot,
+        },
+    )
+
+
 # ----------------------------------------------------------------------------- drift
 def correct_drift(
     tracks: pd.DataFrame,
@@ -623,6 +841,8 @@ def diffusion_analysis(
     van_hove_lags: tuple[int, ...] = (1, 4, 16),
     seed: int = 0,
     window_nm: tuple[float, float, float, float] | None = None,
+    symmetry_deg: float | None = None,
+    rotation_method: RotationMethod = "auto",
 ) -> tuple[dict[str, Any], xr.Dataset]:
     """The whole diffusion analysis of one tracks table.
 
@@ -646,6 +866,19 @@ def diffusion_analysis(
         per cent for steps of a few per cent of the field; given the window,
         each displacement is re-weighted to remove that bias (:func:`msd_sums`).
         The van Hove distributions are not re-weighted.
+    symmetry_deg : float, optional
+        Rotational symmetry period of the particles (120 prism, 90 cube, 180
+        rod); default: the period with which the tracks' orientations were
+        unwrapped (:func:`rotation_period_deg`).
+    rotation_method : {"auto", "correlation", "msd"}
+        How ``D_r`` is fitted. ``"correlation"``: from the orientational
+        correlation ``<cos m dtheta>`` (:func:`fit_rotational_correlation`),
+        which a wrongly unwrapped step or a wild orientation cannot bias;
+        ``"msd"``: from the MSD of the unwrapped angle, which one wrong 120°
+        step inflates for the rest of the trajectory. ``"auto"``: correlation
+        when the symmetry is known, else MSD. Both fits are reported
+        (``rotation`` is the chosen one, ``rotation_msd`` and
+        ``rotation_correlation`` each).
 
     Returns
     -------
@@ -694,6 +927,17 @@ def diffusion_analysis(
     if rotation:
         if not has_rot:
             raise InputError("`rotation=True` needs a column `orientation_unwrapped_deg` with data")
+        if rotation_method not in ("auto", "correlation", "msd"):
+            raise InputError(
+                f"`rotation_method` must be 'auto', 'correlation' or 'msd', got {rotation_method!r}"
+            )
+        period = symmetry_deg if symmetry_deg is not None else rotation_period_deg(t)
+        if rotation_method == "correlation" and period is None:
+            raise InputError(
+                "`rotation_method='correlation'` needs the particles' symmetry: pass "
+                "`symmetry_deg` (120 prism, 90 cube, 180 rod)"
+            )
+        units = {"D": "rad^2/s", "sigma": "rad"}
         mr = ensemble_msd(t, frame_interval_s=frame_interval_s, max_lag=max_lag, kind="rotation")
         rf = bootstrap_diffusion(
             t,
@@ -704,8 +948,33 @@ def diffusion_analysis(
             n_boot=n_boot,
             seed=seed,
         )
-        summary["rotation"] = {**rf.to_dict(), "units": {"D": "rad^2/s", "sigma": "rad"}}
+        fits = {"msd": {**rf.to_dict(), "method": "msd", "units": units}}
         data["msd_rot"] = ("lag", mr["msd"].reindex(data.lag.values).to_numpy(), {"units": "rad^2"})
+        if period is not None:
+            cf = fit_rotational_correlation(
+                t,
+                frame_interval_s=frame_interval_s,
+                symmetry_deg=period,
+                exposure_s=exposure_s,
+                fit_lags=fit_lags,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            fits["correlation"] = {**cf.to_dict(), "method": "correlation", "units": units}
+            cr = orientation_correlation(
+                t, frame_interval_s=frame_interval_s, symmetry_deg=period, max_lag=max_lag
+            )
+            data["corr_rot"] = (
+                "lag",
+                cr["corr"].reindex(data.lag.values).to_numpy(),
+                {"units": "1", "long_name": f"<cos {360 / period:g} dtheta>"},
+            )
+        chosen = "msd" if rotation_method == "msd" or period is None else "correlation"
+        summary["rotation"] = fits[chosen]
+        summary["rotation_msd"] = fits["msd"]
+        if "correlation" in fits:
+            summary["rotation_correlation"] = fits["correlation"]
+        summary["rotation_symmetry_deg"] = period
     lags = tuple(k for k in van_hove_lags if k < t["frame"].nunique())
     if lags:
         vh = van_hove(t, lags=lags)
