@@ -17,6 +17,14 @@ at lag ``tau >= t_E`` is (Savin & Doyle 2005, eq. 15; Michalet 2010)::
 ``sigma``; for rotation ``n = 1`` and the angle is the unwrapped orientation in
 radians.
 
+Rotational diffusion is by default fitted from the orientational correlation
+``C_m(tau) = <cos m (theta(t + tau) - theta(t))>`` of particles with m-fold
+symmetry (:func:`fit_rotational_correlation`): ``ln C_m = a - m^2 D_r (tau -
+t_E/3)``. Orientations known only modulo ``360/m`` degrees must be unwrapped for
+an MSD, and one wrong unwrapping step adds a whole period to every later lag;
+``C_m`` does not see whole periods, and wild orientations and Gaussian noise only
+lower its intercept ``a``.
+
 References
 ----------
 Savin, T. & Doyle, P. S. Static and dynamic errors in particle tracking
