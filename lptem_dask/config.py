@@ -237,6 +237,11 @@ class SegmentConfig(StageConfig):
         lt=1,
         description="drop regions smaller than this fraction of the frame's median region area",
     )
+    particle_area_px: float | None = Field(
+        default=None,
+        gt=0,
+        description="monodisperse samples: split regions of n >= 2 particle areas (px) into n",
+    )
 
 
 class MeasureConfig(StageConfig):

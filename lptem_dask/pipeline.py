@@ -83,6 +83,7 @@ LABEL_KEYS = (
     "marker_threshold",
     "min_confidence",
     "min_relative_area",
+    "particle_area_px",
 )
 VIDEO_STAGES = ("tracks", "analyses", "report")
 ALL_STAGES = CHUNK_STAGES + VIDEO_STAGES
@@ -182,7 +183,12 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
             "model": _model_fingerprint(config.segment.model),
             **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
         },
-        "labels": {k: seg[k] for k in (*LABEL_KEYS, "method", "baseline_params")},
+        # an unset particle_area_px leaves the hash of stores made before it existed
+        "labels": {
+            k: seg[k]
+            for k in (*LABEL_KEYS, "method", "baseline_params")
+            if not (k == "particle_area_px" and seg[k] is None)
+        },
         # the tables' columns are part of what the stage makes: a resumed run after
         # a schema change recomputes the regions instead of mixing old and new parts
         "regions": {
@@ -836,6 +842,7 @@ def _submit_video(client, plan: VideoPlan, config: PipelineConfig) -> dict[str, 
         marker_threshold=s.marker_threshold,
         min_confidence=s.min_confidence,
         min_relative_area=s.min_relative_area,
+        particle_area_px=s.particle_area_px,
         method=s.method,
         baseline_params=dict(s.baseline_params),
         polarity=s.polarity,

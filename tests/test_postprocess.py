@@ -259,3 +259,68 @@ def test_low_confidence_regions_and_specks_are_dropped():
     assert only_specks.max() == 4 and only_specks[70, 70] > 0 and only_specks[46, 46] == 0
     with pytest.raises(InputError, match="min_confidence"):
         label_frames(da_, min_confidence=1.5)
+
+
+# --------------------------------------------------------------- monodisperse split by area
+def _prism_pair(gap_px: float = 0.0, edge_px: float = 48.0):
+    """Two equilateral triangles sharing an edge (a rhombus), probability 1 inside and a
+    faint valley (0.8) along the shared edge, as the U-Net shows prisms bound edge to edge."""
+    from skimage.draw import polygon
+
+    h = edge_px * np.sqrt(3) / 2
+    cy, cx = 80.0, 80.0
+    # shared edge vertical through x = cx, triangles pointing left and right
+    top, bot = (cy - edge_px / 2, cx), (cy + edge_px / 2, cx)
+    left = [(top[0], top[1] - gap_px / 2), (bot[0], bot[1] - gap_px / 2), (cy, cx - h - gap_px / 2)]
+    right = [
+        (top[0], top[1] + gap_px / 2),
+        (bot[0], bot[1] + gap_px / 2),
+        (cy, cx + h + gap_px / 2),
+    ]
+    p = np.zeros((160, 160))
+    truth = []
+    for tri in (left, right):
+        ys, xs = np.array(tri).T
+        rr, cc = polygon(ys, xs, p.shape)
+        p[rr, cc] = 1.0
+        truth.append((rr.mean(), cc.mean()))
+    p[:, int(cx) - 1 : int(cx) + 1] *= 0.8
+    return p, np.array(truth), len(rr)
+
+
+def test_split_by_area_cuts_a_rhombus_of_two_prisms_along_their_shared_edge():
+    from skimage.measure import regionprops
+
+    from lptem_dask.segment.postprocess import split_by_area
+
+    p, truth, area = _prism_pair()
+    merged = (p > 0.5).astype(np.int32)
+    assert merged.max() == 1
+    out = split_by_area(merged, p, particle_area_px=area)
+    props = regionprops(out)
+    assert len(props) == 2
+    got = np.array(sorted(r.centroid for r in props))
+    np.testing.assert_allclose(got, np.array(sorted(map(tuple, truth))), atol=1.0)
+    # one particle area stays whole; a third particle-area is not enough to split
+    assert split_by_area(merged, p, particle_area_px=2 * area).max() == 1
+    with pytest.raises(InputError, match="particle_area_px"):
+        split_by_area(merged, p, particle_area_px=0.0)
+
+
+def test_label_frames_particle_area_splits_merged_prisms_lazily():
+    p, truth, area = _prism_pair()
+    # a boundary map that outlines the rhombus but only faintly marks the shared edge:
+    # its seeds (probability - boundary > 0.3) stay connected, as on U-Net maps
+    b = 0.9 * (ndi.morphological_gradient((p > 0.5).astype(float), size=3) > 0)
+    b[:, 79:81] = np.maximum(b[:, 79:81], 0.3 * (p[:, 79:81] > 0))
+    stack = lambda a: xr.DataArray(  # noqa: E731
+        np.stack([a, a[::-1]]).astype(np.float32), dims=DIMS
+    ).chunk({"frame": 1})
+    maps = xr.Dataset({"probability": stack(p), "boundary": stack(b)})
+    assert int(label_frames(maps, min_relative_area=0.0).values[0].max()) == 1
+    lab = label_frames(maps, particle_area_px=area, min_relative_area=0.0)
+    assert isinstance(lab.data, da.Array)
+    v = lab.values
+    assert [int(v[i].max()) for i in range(2)] == [2, 2]
+    with pytest.raises(InputError, match="particle_area_px"):
+        label_frames(maps, particle_area_px=-1.0)

@@ -20,6 +20,13 @@ Touching particles are split by a marker-controlled watershed:
   normalised to [0, 1] by the U-Net's distance head; it drops to 0 where two
   particles touch): markers are its h-maxima of height ``distance_h``, the
   watershed floods ``-distance``.
+
+Monodisperse particles that the maps do not separate at all (prisms bound edge to
+edge, a few pixels apart, come out as one rhombus) are split when
+``particle_area_px`` is given: a region of ``n = round(area / particle_area_px) >= 2``
+particle areas is cut into ``n`` by k-means on its pixel coordinates, the cut
+then moved onto the valley of the smoothed probability by a watershed seeded
+with the pixels clearly nearer one cluster centre.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage as ndi
+from scipy.cluster.vq import kmeans2
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from ..errors import InputError
 
-__all__ = ["label_frames", "relabel_raster_order"]
+__all__ = ["label_frames", "relabel_raster_order", "split_by_area"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +100,7 @@ def _label_frame(
     distance_h: float,
     min_confidence: float = 0.0,
     min_relative_area: float = 0.0,
+    particle_area_px: float | None = None,
 ) -> np.ndarray:
     fg = np.asarray(prob) > threshold
     if ignore is not None:
@@ -131,6 +140,8 @@ def _label_frame(
             extra, _ = ndi.label(lonely, structure=_STRUCT)
             markers = np.where(extra > 0, extra + markers.max(), markers)
         lab = watershed(elevation, markers, mask=fg, connectivity=1)
+    if particle_area_px is not None and lab.max() > 0:
+        lab = split_by_area(lab, prob, particle_area_px=particle_area_px)
     if min_area_px > 1 and lab.max() > 0:
         sizes = np.bincount(lab.ravel())
         small = sizes < min_area_px
@@ -138,6 +149,73 @@ def _label_frame(
         lab = np.where(small[lab], 0, lab)
     if (min_confidence > 0 or min_relative_area > 0) and lab.max() > 0:
         lab = _drop_unlikely(lab, prob, min_confidence, min_relative_area)
+    return relabel_raster_order(lab)
+
+
+def split_by_area(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    *,
+    particle_area_px: float,
+    smooth_px: float = 1.0,
+) -> np.ndarray:
+    """Split each region holding ``n >= 2`` particle areas into ``n`` regions (one frame).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (y, x)
+    prob : ndarray of float, shape (y, x)
+        Particle probability; the cut follows its valleys.
+    particle_area_px : float
+        Area of one particle, px. A region of area ``A`` is cut into
+        ``round(A / particle_area_px)`` parts (from 1.5 particle areas up).
+    smooth_px : float
+        Gaussian smoothing of the probability before the watershed, px.
+
+    Returns
+    -------
+    ndarray of int32, shape (y, x)
+        Labels in raster order (:func:`relabel_raster_order`).
+
+    Notes
+    -----
+    k-means (:func:`scipy.cluster.vq.kmeans2`, fixed seed) on the region's
+    pixel coordinates places the ``n`` centres; pixels nearer one centre than the
+    next by more than half the region's median margin seed a watershed of the
+    negated, smoothed probability inside the region. Two equilateral prisms
+    sharing an edge form a rhombus whose k-means cut is that edge.
+    """
+    if not particle_area_px > 0:
+        raise InputError(f"`particle_area_px` must be > 0, got {particle_area_px}")
+    lab = np.asarray(labels).astype(np.int32, copy=True)
+    areas = np.bincount(lab.ravel())
+    n_parts = np.rint(areas / float(particle_area_px)).astype(np.int64)
+    n_parts[0] = 0
+    big = np.flatnonzero(n_parts >= 2)
+    if big.size == 0:
+        return lab
+    elev = -ndi.gaussian_filter(np.asarray(prob, np.float64), smooth_px)
+    slices = ndi.find_objects(lab)
+    nxt = int(lab.max()) + 1
+    for k in big:
+        sl = slices[k - 1]
+        n = int(n_parts[k])
+        sub = lab[sl] == k
+        yy, xx = np.nonzero(sub)
+        pts = np.column_stack([yy, xx]).astype(np.float64)
+        if len(pts) <= n:
+            continue
+        centres, assign = kmeans2(pts, n, minit="++", seed=np.random.default_rng(0))
+        d = np.sort(np.linalg.norm(pts[:, None, :] - centres[None], axis=2), axis=1)
+        margin = d[:, 1] - d[:, 0]
+        core = margin > 0.5 * np.median(margin)
+        seeds = np.zeros(sub.shape, np.int32)
+        seeds[yy[core], xx[core]] = assign[core] + 1
+        cut = watershed(elev[sl], seeds, mask=sub, connectivity=1)
+        view = lab[sl]
+        for j in range(2, n + 1):
+            view[cut == j] = nxt
+            nxt += 1
     return relabel_raster_order(lab)
 
 
@@ -176,6 +254,7 @@ def _label_block(
     distance_h: float = 0.1,
     min_confidence: float = 0.65,
     min_relative_area: float = 0.1,
+    particle_area_px: float | None = None,
 ) -> np.ndarray:
     """Label one block of frames (pure numpy kernel of :func:`label_frames`).
 
@@ -214,6 +293,7 @@ def _label_block(
             distance_h=distance_h,
             min_confidence=min_confidence,
             min_relative_area=min_relative_area,
+            particle_area_px=particle_area_px,
         )
     return out
 
@@ -250,6 +330,7 @@ def label_frames(
     distance_h: float = 0.1,
     min_confidence: float = 0.65,
     min_relative_area: float = 0.1,
+    particle_area_px: float | None = None,
 ) -> xr.DataArray:
     """Particle instances per frame from a probability map (lazy).
 
@@ -285,6 +366,12 @@ def label_frames(
         After that, regions smaller than this fraction of the median region area of
         their frame are dropped (specks of noise next to real particles). 0 keeps them.
         A frame's small particles among ones ten times their area need 0 here.
+    particle_area_px : float, optional
+        Area of one particle (px) of a monodisperse sample. Given it, a region of
+        ``round(area / particle_area_px) = n >= 2`` particle areas is split into
+        ``n`` (:func:`split_by_area`): for particles the maps do not separate, such
+        as nanoprisms bound edge to edge a few pixels apart. None (the default)
+        never splits by area; polydisperse samples must leave it so.
 
     Notes
     -----
@@ -314,6 +401,11 @@ def label_frames(
         raise InputError(f"`min_confidence` must lie in [0, 1), got {min_confidence}")
     if not 0 <= min_relative_area < 1:
         raise InputError(f"`min_relative_area` must lie in [0, 1), got {min_relative_area}")
+    if particle_area_px is not None and not particle_area_px > 0:
+        raise InputError(
+            f"`particle_area_px` must be > 0 (px) or None, got {particle_area_px}; it is the "
+            "area of one particle, e.g. the median `area_px` of isolated particles"
+        )
     boundary = distance = None
     if isinstance(prob_or_maps, xr.Dataset):
         if "probability" not in prob_or_maps:
@@ -376,6 +468,7 @@ def label_frames(
         distance_h=float(distance_h),
         min_confidence=float(min_confidence),
         min_relative_area=float(min_relative_area),
+        particle_area_px=None if particle_area_px is None else float(particle_area_px),
         dtype=np.int32,
         meta=np.empty((0, 0, 0), np.int32),
     )
