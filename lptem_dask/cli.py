@@ -270,6 +270,13 @@ def segment_cmd(
             "(0 for frames that mix particles ten times apart in area)."
         ),
     ] = 0.1,
+    particle_area_px: Annotated[
+        float | None,
+        typer.Option(
+            help="Monodisperse samples: area of one particle (px); regions of n >= 2 "
+            "particle areas are split into n. Leave unset for polydisperse samples."
+        ),
+    ] = None,
     pixel_size_nm: Annotated[
         float | None, typer.Option(help="Override the pixel size (nm).")
     ] = None,
@@ -293,6 +300,7 @@ def segment_cmd(
             "threshold": threshold,
             "min_confidence": min_confidence,
             "min_relative_area": min_relative_area,
+            "particle_area_px": particle_area_px,
         },
         source="the command line",
     )

@@ -83,3 +83,11 @@ def test_segment_rejects_a_bad_filter_setting_with_exit_2(tmp_path, capsys):
     assert code == 2
     assert "min_confidence" in err and "Traceback" not in err
     assert not (tmp_path / "v.zarr").exists()  # nothing written
+
+
+def test_segment_rejects_a_non_positive_particle_area_with_exit_2(tmp_path, capsys):
+    tif = _tif(tmp_path / "v.tif")
+    code, _, err = _run(["segment", str(tif), "--particle-area-px", "0"], capsys)
+    assert code == 2
+    assert "particle_area_px" in err and "Traceback" not in err
+    assert not (tmp_path / "v.zarr").exists()
