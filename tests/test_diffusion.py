@@ -436,3 +436,15 @@ def test_correlation_method_needs_a_symmetry():
         diffusion_analysis(t, frame_interval_s=DT, rotation_method="correlation", n_boot=0)
     s, _ = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, n_boot=0)
     assert s["rotation"]["method"] == "msd" and s["rotation_symmetry_deg"] is None
+
+
+def test_msd_figure_has_the_orientational_correlation_panel(tmp_path):
+    import matplotlib.image as mpimg
+
+    from lptem_dask.analysis._figures import plot_msd
+
+    t = _prisms_with_wild_orientations(1, wild=0.05)
+    s, data = diffusion_analysis(t, frame_interval_s=DT, exposure_s=TE, n_boot=20)
+    p = plot_msd(data, s, tmp_path / "msd.png")
+    h, w = mpimg.imread(p).shape[:2]
+    assert w > 2.5 * h  # three panels side by side: translation, rotational MSD, C_m
