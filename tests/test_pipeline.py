@@ -346,3 +346,20 @@ def test_regions_stage_hash_follows_the_table_schema(monkeypatch, tmp_path):
         assert after[st] == before[st]
     for st in ("regions", "tracks"):
         assert after[st] != before[st]
+
+
+def test_workers_import_the_chunk_modules_while_the_client_plans(client):
+    """One warm-up task per worker imports torch & co; it runs there, and only there."""
+    import sys
+
+    from lptem_dask.pipeline import WARM_MODULES, _warm_workers
+
+    futures = _warm_workers(client)
+    workers = set(client.scheduler_info()["workers"])
+    assert len(futures) == len(workers) == 2
+    seconds = client.gather(futures)
+    assert all(s >= 0.0 for s in seconds)
+    who = client.who_has(futures)
+    assert {w for ws in who.values() for w in ws} == workers
+    loaded = client.run(lambda: [m in sys.modules for m in WARM_MODULES])
+    assert all(all(v) for v in loaded.values())
