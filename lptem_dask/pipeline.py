@@ -597,11 +597,31 @@ def task_warm_imports(modules: Sequence[str]) -> float:
 
 
 WARM_MODULES = (
+    "lptem_dask.io",
     "lptem_dask.segment.infer",
     "lptem_dask.segment.postprocess",
     "lptem_dask.measure",
     "lptem_dask.track",
 )
+
+
+def _await_warm_up(futures: list, timeout_s: float = 120.0) -> None:
+    """Wait for the warm-up imports before any other task reaches the workers.
+
+    Two threads of one process importing the same packages at once can fail
+    with ``_DeadlockError`` (seen: fsspec, in ``lptem demo``, when a chunk task
+    imported beside the warm-up), so nothing else runs until the imports are
+    done. A warm-up that fails or hangs is ignored: the tasks import for
+    themselves, as they did before.
+    """
+    if not futures:
+        return
+    from distributed import wait
+
+    try:
+        wait(futures, timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        logger.debug("worker warm-up did not finish:\n%s", traceback.format_exc())
 
 
 def _warm_workers(client) -> list:
@@ -1109,6 +1129,7 @@ def run_videos(
                 stack.enter_context(_best_effort_performance_report(report_dir))
             all_futs: dict[str, list] = {st: [] for st in ALL_STAGES}
             owner: dict[str, str] = {}
+            _await_warm_up(warm)
             for plan in plans:
                 futs = _submit_video(client, plan, config)
                 for st, fl in futs.items():

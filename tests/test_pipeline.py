@@ -352,9 +352,11 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
     """One warm-up task per worker imports torch & co; it runs there, and only there."""
     import sys
 
-    from lptem_dask.pipeline import WARM_MODULES, _warm_workers
+    from lptem_dask.pipeline import WARM_MODULES, _await_warm_up, _warm_workers
 
     futures = _warm_workers(client)
+    _await_warm_up(futures)  # what run_videos does before it submits anything else
+    assert all(f.done() for f in futures)
     workers = set(client.scheduler_info()["workers"])
     assert len(futures) == len(workers) == 2
     seconds = client.gather(futures)
