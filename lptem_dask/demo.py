@@ -65,18 +65,18 @@ def _write_videos(videos_dir: Path) -> dict[str, dict]:
     return truth
 
 
-def _recovered_d(store: Path) -> float | None:
+def _recovered_d(store: Path) -> tuple[float, float, float] | None:
+    """D (nm²/s) and its 95% bootstrap interval from the store's ``diffusion.json``."""
     path = store / "results" / "diffusion" / "diffusion.json"
     if not path.exists():
         return None
     res = json.loads(path.read_text())
-    for key in ("D_nm2_per_s", "D_nm2_s"):
-        if key in res:
-            return float(res[key])
-    trans = res.get("translational") or res.get("translation") or {}
-    for key in ("D_nm2_per_s", "D_nm2_s", "D"):
-        if key in trans:
-            return float(trans[key])
+    for fit in (res, res.get("translational") or res.get("translation") or {}):
+        for key in ("D_nm2_per_s", "D_nm2_s", "D"):
+            if key in fit:
+                lo = float(fit.get("ci_low", float("nan")))
+                hi = float(fit.get("ci_high", float("nan")))
+                return float(fit[key]), lo, hi
     return None
 
 
@@ -114,8 +114,10 @@ def run_demo(out: Path | str = "demo_out", *, overwrite: bool = True) -> dict:
         if d_fit is None:
             print(f"  {name}: truth {d_true:g} nm²/s, not recovered (see the status table)")
         else:
+            d, lo, hi = d_fit
+            ci = f"95% CI {lo:.1f}–{hi:.1f}, " if np.isfinite(lo) and np.isfinite(hi) else ""
             print(
-                f"  {name}: truth {d_true:g} nm²/s, recovered {d_fit:.1f} nm²/s "
-                f"({100 * (d_fit - d_true) / d_true:+.1f}%)"
+                f"  {name}: truth {d_true:g} nm²/s, recovered {d:.1f} nm²/s "
+                f"({ci}{100 * (d - d_true) / d_true:+.1f}%)"
             )
     return {"status": status, "diffusion": rows}
