@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from ._version import __version__
-from .errors import LptemError
+from .errors import STORAGE_ERRNOS, LptemError
 
 __all__ = ["app", "main"]
 
@@ -32,7 +32,7 @@ app = typer.Typer(
 _STATE = {"debug": False, "verbose": False}
 
 # OSErrors that mean "no room or no right to write", not a bug
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
+_STORAGE_ERRNOS = STORAGE_ERRNOS
 
 
 def _quiet_dask_logs() -> None:
@@ -182,6 +182,9 @@ def run(
     if not out_dir.is_absolute():
         out_dir = config.parent / out_dir
     typer.echo(f"status saved to {out_dir / 'run_status.csv'}")
+    storage = status.attrs.get("storage_error")
+    if storage:  # the disk is full (or a limit was hit): one line, exit 2, as elsewhere
+        raise OSError(storage["errno"], storage["strerror"], storage["filename"])
     if (status["status"] == "failed").any():
         raise typer.Exit(1)
 

@@ -7,6 +7,12 @@ prints the message on one line and exits with status 2.
 
 from __future__ import annotations
 
+import errno
+
+#: errno values of a full disk, a file-size or quota limit, or a read-only or
+#: forbidden output: the environment, not a bug (reported in one line, exit 2)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES})
+
 __all__ = [
     "LptemError",
     "InputError",

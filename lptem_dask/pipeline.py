@@ -46,7 +46,14 @@ import xarray as xr
 from . import schema
 from ._version import __version__
 from .config import PipelineConfig, config_hash, dump_config
-from .errors import ConfigError, InputError, LockedError, LptemError, StoreError
+from .errors import (
+    STORAGE_ERRNOS,
+    ConfigError,
+    InputError,
+    LockedError,
+    LptemError,
+    StoreError,
+)
 from .store import (
     IMAGE,
     LABELS,
@@ -1018,7 +1025,11 @@ def run_pipeline(
     pandas.DataFrame
         One row per video: ``video``, ``store``, ``status`` (done, skipped,
         failed), ``error``, ``frames``, ``chunks_computed``, ``seconds``. Also
-        saved as ``run_status.csv`` in the output folder.
+        saved as ``run_status.csv`` in the output folder. When a task failed
+        because the disk is full (or a file-size, quota or permission limit was
+        hit), ``status.attrs["storage_error"]`` holds the first such error
+        (``errno``, ``strerror``, ``filename``); ``lptem run`` then exits with
+        status 2 and one line.
     """
     base = Path(config_path).parent if config_path else None
     sources = expand_manifest(config.videos, base=base)
@@ -1093,6 +1104,7 @@ def run_videos(
     print(f"Dask dashboard: {dashboard_link(client)}", flush=True)
     warm = _warm_workers(client)  # workers import torch & co while this process plans
     rows: dict[str, dict[str, Any]] = {}
+    storage_error: dict[str, Any] | None = None  # the first full-disk (or limit) error
     t0 = time.time()
     try:
         import contextlib
@@ -1145,8 +1157,15 @@ def run_videos(
             for fut in as_completed(every):
                 row = rows[owner[fut.key]]
                 if fut.status == "error":
+                    exc = fut.exception()
                     if row["status"] != "failed":
-                        row.update(status="failed", error=_short_error(fut.exception()))
+                        row.update(status="failed", error=_short_error(exc))
+                    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+                        storage_error = storage_error or {
+                            "errno": exc.errno,
+                            "strerror": exc.strerror or str(exc),
+                            "filename": exc.filename,
+                        }
                 else:
                     row["chunks_computed"] += sum(st in CHUNK_STAGES for st in stages_of[fut.key])
                 for st in stages_of[fut.key]:
@@ -1165,6 +1184,8 @@ def run_videos(
             client.close()
     status = pd.DataFrame(list(rows.values()))
     status["seconds"] = round(time.time() - t0, 2)
+    if storage_error is not None:
+        status.attrs["storage_error"] = storage_error
     return status
 
 

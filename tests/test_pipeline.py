@@ -239,9 +239,17 @@ def test_killed_runs_resume_bit_identical(inputs: Path, tmp_path: Path):
                 assert time.time() < deadline and proc.poll() is None, "no chunk write was caught"
                 time.sleep(0.05)
         else:
-            # at a random moment; writes slowed a little so that work remains to be killed
+            # at a random moment once this attempt has finished a chunk (the start-up of
+            # cluster and imports is most of a run this small, so a random fraction of the
+            # reference time could fall before any work); writes slowed a little so that
+            # work remains to be killed
+            before = _markers(out)
             proc = _lptem(cfg, env={FAULT_PAUSE_ENV: "0.3"})
-            time.sleep(rng.uniform(0.2, 0.5) * t_ref)
+            deadline = time.time() + 300
+            while not _markers(out) - before:
+                assert time.time() < deadline and proc.poll() is None, "no chunk finished"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.2) * t_ref)
             assert proc.poll() is None, "the run finished before it could be killed"
         _kill_group(proc)
         markers_at_kill.append(_markers(out))
