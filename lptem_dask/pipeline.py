@@ -632,7 +632,7 @@ def _await_warm_up(futures: list, timeout_s: float = 120.0) -> None:
 
 
 def _warm_workers(client) -> list:
-    """One import task per worker of ``client`` (futures; never waited on).
+    """One import task per worker of ``client``; the futures (see ``_await_warm_up``).
 
     Best effort: a cluster whose workers have not joined yet gets none.
     """
@@ -1141,7 +1141,8 @@ def run_videos(
                 stack.enter_context(_best_effort_performance_report(report_dir))
             all_futs: dict[str, list] = {st: [] for st in ALL_STAGES}
             owner: dict[str, str] = {}
-            _await_warm_up(warm)
+            if plans:  # nothing to compute: no need to wait
+                _await_warm_up(warm)
             for plan in plans:
                 futs = _submit_video(client, plan, config)
                 for st, fl in futs.items():
