@@ -1158,14 +1158,14 @@ def run_videos(
             for fut in as_completed(every):
                 row = rows[owner[fut.key]]
                 if fut.status == "error":
-                    exc = fut.exception()
+                    failure = fut.exception()
                     if row["status"] != "failed":
-                        row.update(status="failed", error=_short_error(exc))
-                    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+                        row.update(status="failed", error=_short_error(failure))
+                    if isinstance(failure, OSError) and failure.errno in STORAGE_ERRNOS:
                         storage_error = storage_error or {
-                            "errno": exc.errno,
-                            "strerror": exc.strerror or str(exc),
-                            "filename": exc.filename,
+                            "errno": failure.errno,
+                            "strerror": failure.strerror or str(failure),
+                            "filename": failure.filename,
                         }
                 else:
                     row["chunks_computed"] += sum(st in CHUNK_STAGES for st in stages_of[fut.key])
