@@ -31,9 +31,6 @@ app = typer.Typer(
 
 _STATE = {"debug": False, "verbose": False}
 
-# OSErrors that mean "no room or no right to write", not a bug
-_STORAGE_ERRNOS = STORAGE_ERRNOS
-
 
 def _quiet_dask_logs() -> None:
     """Keep Dask's INFO chatter (worker start/stop) off the terminal unless --verbose."""
@@ -452,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         # the disk is full, a file-size or quota limit was hit, or the output is
         # read-only: the environment, not a bug; one line and exit 2 like bad input
-        if _STATE["debug"] or exc.errno not in _STORAGE_ERRNOS:
+        if _STATE["debug"] or exc.errno not in STORAGE_ERRNOS:
             raise
         where = f" writing {exc.filename!r}" if exc.filename else ""
         typer.echo(
