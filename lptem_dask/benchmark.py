@@ -211,22 +211,64 @@ def _scaled_config(preset: str, *, image_size_px: int, target_cnr: float) -> Any
     )
 
 
+LEVEL_TOLERANCE = 0.05  # the simulator meets an attainable requested CNR within 5%
+
+
 def simulated_test_set(
-    preset: str, *, target_cnr: float, n: int, image_size_px: int, seed: int
+    preset: str,
+    *,
+    target_cnr: float,
+    n: int,
+    image_size_px: int,
+    seed: int,
+    level_tolerance: float | None = LEVEL_TOLERANCE,
+    max_draws: int | None = None,
 ) -> dict[str, Any]:
     """Test frames of one shape preset at one CNR.
+
+    Frames ``simulate_one(i, config, seed=seed)`` for ``i = 0, 1, ...``; a frame
+    whose requested CNR the simulator cannot reach (its ``cnr_expected`` more
+    than ``level_tolerance`` from ``target_cnr``: the background structure alone
+    keeps the CNR below the level whatever the dose) is not at the level and is
+    skipped, until ``n`` frames are at the level. The choice uses the
+    simulator's own expectation, never a segmentation result.
+
+    Parameters
+    ----------
+    level_tolerance : float or None
+        Relative tolerance on ``cnr_expected``; None keeps the first ``n`` frames.
+    max_draws : int, optional
+        Frames tried at most (default ``10 n``); fewer at the level raise
+        ``RuntimeError``.
 
     Returns
     -------
     dict
         ``images`` (n, y, x) float32, ``labels`` (n, y, x) int32, ``cnr``, ``snr``
         (measured, per frame), ``size_px`` (median equivalent diameter of the true
-        objects, px).
+        objects, px), ``skipped`` (indices of the frames off the level).
     """
     from .simulate import simulate_one
 
     cfg = _scaled_config(preset, image_size_px=image_size_px, target_cnr=target_cnr)
-    outs = [simulate_one(i, cfg, seed=seed) for i in range(n)]
+    limit = 10 * n if max_draws is None else int(max_draws)
+    outs: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    i = 0
+    while len(outs) < n:
+        if i >= limit:
+            raise RuntimeError(
+                f"{preset}: fewer than {n} frames at CNR {target_cnr} in {limit} draws "
+                f"(seed {seed}); the preset's background structure limits the CNR"
+            )
+        o = simulate_one(i, cfg, seed=seed)
+        if level_tolerance is not None and not (
+            abs(float(o["cnr_expected"]) / float(target_cnr) - 1) <= level_tolerance
+        ):
+            skipped.append(i)
+        else:
+            outs.append(o)
+        i += 1
     labels = np.stack([np.asarray(o["labels"], np.int32) for o in outs])
     areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels])
     areas = areas[areas > 0]
@@ -237,6 +279,7 @@ def simulated_test_set(
         "cnr": np.array([o["cnr"] for o in outs], float),
         "snr": np.array([o["snr"] for o in outs], float),
         "size_px": size,
+        "skipped": skipped,
     }
 
 
@@ -554,6 +597,7 @@ def benchmark_segmentation(
                         "cnr_target": cnr,
                         "cnr": float(np.mean(ts["cnr"])),
                         "snr": float(np.mean(ts["snr"])),
+                        "n_skipped_off_level": len(ts["skipped"]),
                         **summarize_scores(fs),
                         "time_per_frame_s": dt,
                     }

@@ -156,6 +156,21 @@ def test_simulated_test_set_hits_the_target_cnr():
     assert ts["size_px"] > 3
 
 
+def test_simulated_test_set_holds_only_frames_at_the_level():
+    # rods at CNR 10: the background structure (ghost rods, thin liquid) keeps some
+    # frames below the level whatever the dose; those are skipped, not scored
+    ts = simulated_test_set("rods", target_cnr=10.0, n=2, image_size_px=128, seed=1000)
+    assert ts["skipped"]  # this seed has frames off the level
+    assert np.allclose(ts["cnr"], 10.0, rtol=0.1)
+    everything = simulated_test_set(
+        "rods", target_cnr=10.0, n=2, image_size_px=128, seed=1000, level_tolerance=None
+    )
+    assert everything["skipped"] == []
+    assert (everything["cnr"] < 9.0).any()  # what the old sets held
+    with pytest.raises(RuntimeError, match="fewer than 2 frames at CNR 10.0 in 2 draws"):
+        simulated_test_set("rods", target_cnr=10.0, n=2, image_size_px=128, seed=1000, max_draws=2)
+
+
 def test_reuses_tuned_params(tmp_path):
     import json
 
