@@ -455,17 +455,28 @@ def _video_wide_maps_settings(video, config: PipelineConfig, store: Path) -> dic
     rec = _stage_record(store, "maps")
     if isinstance(rec.get("resolved"), dict):
         return dict(rec["resolved"])
-    train = _train_size(prepare_model(s.model).card)
+    spec = prepare_model(s.model)
+    train = _train_size(spec.card)
     if not (s.polarity == "auto" or (s.particle_size_px is None and train is not None)):
         return {}
     sample = np.asarray(video.isel(frame=_sample_index(int(video.shape[0]))).values)
-    decided = _make_plan(sample, s.polarity, s.particle_size_px, train)
+    decided = _make_plan(sample, s.polarity, s.particle_size_px, train, spec)
     out: dict[str, Any] = {"polarity": decided["polarity"]}
-    if train is not None:  # an estimate that failed means: no rescaling, in every chunk
-        size = decided.get("particle_size_px")
-        out["particle_size_px"] = float(size if size is not None else train)
-    logger.info("%s: segmenting every chunk with %s", store, out)
-    _set_stage_record(store, "maps", {**rec, "resolved": out})
+    if train is not None:
+        # every chunk gets the size that gives the decided rescaling (train / size);
+        # an estimate that failed, or one inside the model's range, means scale 1
+        out["particle_size_px"] = float(train) / float(decided["scale"])
+    logger.info(
+        "%s: segmenting every chunk with %s (estimated particle diameter: %s px)",
+        store,
+        out,
+        decided.get("particle_size_px"),
+    )
+    _set_stage_record(
+        store,
+        "maps",
+        {**rec, "resolved": out, "estimated_particle_size_px": decided.get("particle_size_px")},
+    )
     return out
 
 

@@ -330,3 +330,69 @@ def test_concurrent_forward_passes_on_a_multithreaded_cpu_worker(frames, net):
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert list(threads.values()) == [1]
     assert list(locks.values()) == [["_NoLock"]]
+
+
+# ------------------------------------------------------ particle size, found by the model
+def _sphere_frames(diameter_nm: tuple[float, float], count: tuple[int, int], seed: int):
+    """Simulated 384-px frames (1 nm/px) of spheres of the given diameters, CNR 2.5."""
+    from lptem_dask.config import config_from_mapping, dump_config
+    from lptem_dask.simulate import SimulationConfig, load_simulation_config, simulate_one
+
+    d = dump_config(load_simulation_config("mixed"))
+    d["optics"].update(image_size_px=384, pixel_size_nm=1.0)
+    d["background"].update(thin_region_probability=0.0)
+    d["particles"].update(
+        shapes=[{"shape": "sphere", "size_nm": list(diameter_nm), "mfp_nm": 40.0}],
+        count=list(count),
+        lattice_fraction=0.0,
+        single_shape_fraction=1.0,
+        ghost_count=0,
+    )
+    d["target_cnr"] = 2.5
+    cfg = config_from_mapping(SimulationConfig, d, source="test")
+    sims = [simulate_one(i, cfg, seed=seed) for i in range(2)]
+    truth = np.concatenate([s["truth"]["size_nm"].to_numpy() for s in sims])
+    return np.stack([s["image"] for s in sims]), float(np.median(truth))
+
+
+def test_model_finds_the_particle_size_in_its_range_and_does_not_rescale():
+    from lptem_dask.segment.infer import _train_range, estimate_size_with_model, prepare_model
+
+    spec = prepare_model("default")
+    lo, _, hi = _train_range(spec.card)
+    frames, truth = _sphere_frames((30.0, 40.0), (10, 14), seed=11)
+    size, scale = estimate_size_with_model(frames, spec, polarity="dark")
+    assert lo <= truth <= hi
+    assert size == pytest.approx(truth, rel=0.2)
+    assert scale == 1.0  # inside the training range: frames as they are
+
+
+def test_model_finds_large_particles_and_rescales_them_to_its_median():
+    from lptem_dask.segment.infer import _train_range, estimate_size_with_model, prepare_model
+
+    spec = prepare_model("default")
+    _, med, hi = _train_range(spec.card)
+    frames, truth = _sphere_frames((140.0, 160.0), (2, 3), seed=12)
+    assert truth > 1.4 * hi
+    size, scale = estimate_size_with_model(frames, spec, polarity="dark")
+    assert size == pytest.approx(truth, rel=0.25)
+    assert scale == pytest.approx(med / size)
+
+
+def test_default_segment_uses_the_model_estimate(monkeypatch):
+    # particle_size_px=None: predict_maps decides the rescaling with the model (not the
+    # autocovariance alone, which misjudged noisy mixed frames by 2-10x)
+    from lptem_dask.segment import infer
+
+    calls = []
+    real = infer.estimate_size_with_model
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(infer, "estimate_size_with_model", spy)
+    frames, _ = _sphere_frames((30.0, 40.0), (10, 14), seed=11)
+    maps = predict_maps(video(frames), model="default").compute(scheduler="synchronous")
+    assert calls == [1]
+    assert maps["probability"].shape == frames.shape

@@ -310,8 +310,7 @@ def test_particle_size_and_polarity_decided_once_per_video(inputs, tmp_path):
     from lptem_dask.pipeline import _stage_record, plan_video
     from lptem_dask.segment._checkpoint import save_checkpoint
     from lptem_dask.segment._normalize import decide_polarity
-    from lptem_dask.segment._scale import estimate_particle_size_px
-    from lptem_dask.segment.infer import _sample_index
+    from lptem_dask.segment.infer import _sample_index, estimate_size_with_model, prepare_model
     from lptem_dask.segment.unet import UNetConfig, build_unet
 
     torch.manual_seed(0)
@@ -331,9 +330,13 @@ def test_particle_size_and_polarity_decided_once_per_video(inputs, tmp_path):
     video = _video(0)
     sample = video[_sample_index(len(video))]
     assert plan.maps_overrides["polarity"] == decide_polarity(sample) == "dark"
-    expected = estimate_particle_size_px(sample, polarity="dark")
-    assert plan.maps_overrides["particle_size_px"] == pytest.approx(expected)
-    assert _stage_record(store, "maps")["resolved"] == plan.maps_overrides
+    spec = prepare_model(str(tmp_path / "sized.safetensors"))
+    size, scale = estimate_size_with_model(sample, spec, polarity="dark")
+    # every chunk is given the size that yields the decided rescaling
+    assert plan.maps_overrides["particle_size_px"] == pytest.approx(20.0 / scale)
+    record = _stage_record(store, "maps")
+    assert record["resolved"] == plan.maps_overrides
+    assert record["estimated_particle_size_px"] == pytest.approx(size)
     # a second planning of the same store reuses the recorded decision
     assert plan_video(src, store, cfg, until="maps").maps_overrides == plan.maps_overrides
 

@@ -41,7 +41,14 @@ from ._model_cache import CachedModel, ModelSpec, get_cached_model, resolve_devi
 from ._normalize import check_polarity, decide_polarity, normalize_frame
 from ._tiling import blend_weights, pad_to_multiple, tile_starts
 
-__all__ = ["predict_probability", "predict_maps", "segment", "predict_block", "prepare_model"]
+__all__ = [
+    "predict_probability",
+    "predict_maps",
+    "segment",
+    "predict_block",
+    "prepare_model",
+    "estimate_size_with_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -251,12 +258,146 @@ def _sample_index(n_frames: int, k: int = 4) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n_frames - 1, k)})
 
 
+AUTO_SIZE_MIN_CONFIDENCE = 0.65  # as label_frames' min_confidence: drops faint false objects
+AUTO_SIZE_MIN_AREA_PX = 9
+
+
+def _train_range(card: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(p5, median, p95) of the particle diameters (px) the model was trained on."""
+    med = _train_size(card)
+    if med is None:
+        return None
+    size = card.get("particle_size_px")
+    lo = hi = med
+    if isinstance(size, dict):
+        lo = float(size.get("p5") or med)
+        hi = float(size.get("p95") or med)
+    return min(lo, med), med, max(hi, med)
+
+
+def _objects_diameter_px(
+    sample: np.ndarray, spec: ModelSpec, polarity: str, scale: float, device: str | None
+) -> float | None:
+    """Median equivalent diameter (px of ``sample``) of the objects the model finds.
+
+    The model runs on the frames resized by ``scale``; its probability (mapped
+    back to the sample's grid) is thresholded at 0.5; objects of at least
+    :data:`AUTO_SIZE_MIN_AREA_PX` whose mean probability reaches
+    :data:`AUTO_SIZE_MIN_CONFIDENCE` count. None when there is none.
+    """
+    from scipy import ndimage
+
+    maps = predict_block(
+        np.asarray(sample), spec, {"polarity": polarity, "scale": float(scale)}, device=device
+    )
+    diam: list[np.ndarray] = []
+    for prob in maps[:, 0]:
+        lab, n = ndimage.label(prob > 0.5)
+        if n == 0:
+            continue
+        area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+        conf = np.asarray(ndimage.mean(prob, lab, np.arange(1, n + 1)))
+        keep = (area >= AUTO_SIZE_MIN_AREA_PX) & (conf >= AUTO_SIZE_MIN_CONFIDENCE)
+        diam.append(2.0 * np.sqrt(area[keep] / np.pi))
+    d = np.concatenate(diam) if diam else np.zeros(0)
+    return float(np.median(d)) if d.size else None
+
+
+AUTO_SCALE_RANGE = (1 / 8, 4.0)  # rescaling factors the size search may use
+AUTO_SIZE_MAX_PASSES = 4
+
+
+def estimate_size_with_model(
+    sample: np.ndarray,
+    spec: ModelSpec,
+    *,
+    polarity: str,
+    device: str | None = None,
+) -> tuple[float | None, float]:
+    """Typical particle diameter (px) and the rescaling for it, found with the model itself.
+
+    The model runs on the sample frames and the median equivalent diameter
+    ``d`` of the confident objects it finds is measured (on the sample's
+    grid). A model working outside the sizes it was trained on misjudges
+    them (it breaks large particles into pieces and fattens tiny ones), so
+    the search is a fixed point: starting from the frames as they are, the
+    frames are rescaled by ``median / d`` (the model's training median) and
+    ``d`` re-measured, until the rescaling changes by less than 15% (at most
+    :data:`AUTO_SIZE_MAX_PASSES` passes, factors within
+    :data:`AUTO_SCALE_RANGE`). The search starts only when the first ``d``
+    is above the training median (large particles broken into pieces still
+    read as in range) or below the range; from between the range's low end
+    and the median it does not, as on noisy frames the enlarged noise reads
+    as ever smaller objects. When the final ``d`` lies in the range of
+    diameters the model was trained on (5th to 95th percentile of its card's
+    ``particle_size_px``) the frames are not rescaled: the model serves that
+    range as it is, and rescaling a frame of mixed sizes to the median would
+    push its smallest or largest particles out of it. Otherwise the scale is
+    ``median / d``. When the model finds no object, the autocovariance
+    estimate (:func:`~lptem_dask.segment._scale.estimate_particle_size_px`)
+    decides.
+
+    Parameters
+    ----------
+    sample : ndarray (n, y, x)
+        A few frames of the video.
+    spec : ModelSpec
+        A model whose card states its training sizes.
+    polarity : {"dark", "bright"}
+    device : str, optional
+
+    Returns
+    -------
+    size : float or None
+        The estimated diameter (px), None when nothing could be estimated.
+    scale : float
+        Factor the frames are resized by before the network (1: as they are).
+    """
+    from ._scale import estimate_particle_size_px
+
+    rng = _train_range(spec.card)
+    if rng is None:
+        return None, 1.0
+    lo, med, hi = rng
+    s_lo, s_hi = AUTO_SCALE_RANGE
+
+    def decide(d: float) -> float:
+        return 1.0 if lo <= d <= hi else float(np.clip(med / d, s_lo, s_hi))
+
+    d = _objects_diameter_px(sample, spec, polarity, 1.0, device)
+    if d is None:
+        d = estimate_particle_size_px(sample, polarity=polarity)
+        return (None, 1.0) if d is None else (d, decide(d))
+    if lo <= d <= med:
+        # no search upwards from inside the range: on noisy frames, enlarged noise
+        # reads as ever smaller objects and the search runs away to the largest scale
+        return d, 1.0
+    scale = 1.0
+    for _ in range(AUTO_SIZE_MAX_PASSES - 1):
+        new = float(np.clip(med / d, s_lo, s_hi))
+        if abs(new / scale - 1) < 0.15:
+            break
+        d_new = _objects_diameter_px(sample, spec, polarity, new, device)
+        if d_new is None:
+            break
+        scale, d = new, d_new
+    return d, decide(d)
+
+
 def _make_plan(
     sample: np.ndarray | None,
     polarity: str,
     particle_size_px: float | None,
     train_size: float | None,
+    spec: ModelSpec | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
+    """Polarity and rescaling of a video: ``{"polarity", "scale", "particle_size_px"}``.
+
+    An explicit ``particle_size_px`` rescales by ``train_size / particle_size_px``;
+    None estimates it from ``sample`` with the model (:func:`estimate_size_with_model`;
+    without ``spec``, from the autocovariance, rescaled to the median).
+    """
     from ._scale import estimate_particle_size_px
 
     pol = polarity
@@ -265,14 +406,18 @@ def _make_plan(
     scale = 1.0
     size = particle_size_px
     if train_size is not None:
-        if size is None and sample is not None:
-            size = estimate_particle_size_px(sample, polarity=pol)
+        if size is not None:
+            scale = float(train_size) / float(size)
+        elif sample is not None:
+            if spec is not None:
+                size, scale = estimate_size_with_model(sample, spec, polarity=pol, device=device)
+            else:
+                size = estimate_particle_size_px(sample, polarity=pol)
+                scale = float(train_size) / size if size is not None else 1.0
             if size is None:
                 logger.warning("could not estimate the particle size; frames are not rescaled")
             else:
-                logger.info("estimated particle diameter: %.1f px", size)
-        if size is not None:
-            scale = float(train_size) / float(size)
+                logger.info("estimated particle diameter: %.1f px (rescaled by %.3g)", size, scale)
     return {"polarity": pol, "scale": scale, "particle_size_px": size}
 
 
@@ -321,8 +466,10 @@ def predict_maps(
     particle_size_px : float, optional
         Typical particle diameter (px) in ``video``. Frames are rescaled so
         particles match the model's training size, and the maps are mapped
-        back to the input grid. None: estimated from the video when the model
-        card gives a training size, else no rescaling.
+        back to the input grid. None: found from a few frames with the model
+        itself when its card gives its training sizes
+        (:func:`estimate_size_with_model`: no rescaling while the particles
+        lie in the range the model was trained on), else no rescaling.
     polarity : {"dark", "bright", "auto"}
         Particles dark on bright background (bright-field TEM), bright
         (dark-field TEM, ADF-STEM), or decided from the video.
@@ -373,18 +520,24 @@ def predict_maps(
     )
     if data.numblocks[1:] != (1, 1):
         data = data.rechunk({1: -1, 2: -1})
+    spec_d = dask.delayed(spec, pure=True, name=f"lptem-model-{spec.sha256[:16]}")
     need_sample = polarity == "auto" or (particle_size_px is None and train_size is not None)
     tok = dask.base.tokenize(spec.sha256, polarity, particle_size_px, train_size, data.name)
     if need_sample and data.shape[0] > 0:
         sample = data[_sample_index(data.shape[0])]
         plan = dask.delayed(_make_plan, pure=True)(
-            sample, polarity, particle_size_px, train_size, dask_key_name=f"lptem-plan-{tok}"
+            sample,
+            polarity,
+            particle_size_px,
+            train_size,
+            spec_d,
+            device,
+            dask_key_name=f"lptem-plan-{tok}",
         )
     else:
         plan = _make_plan(
             None, "dark" if polarity == "auto" else polarity, particle_size_px, train_size
         )
-    spec_d = dask.delayed(spec, pure=True, name=f"lptem-model-{spec.sha256[:16]}")
 
     n_heads = len(heads)
     out = da.map_blocks(
