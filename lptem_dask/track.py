@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import dask
 import dask.array as da
@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 _POS = ["y_nm", "x_nm"]
 _LINK_POS = ["_y_link_nm", "_x_link_nm"]
-DriftSpec = Literal["tracks", "registration"] | pd.DataFrame | None
+DriftSpec: TypeAlias = Literal["tracks", "registration"] | pd.DataFrame | None
 
 
 # ------------------------------------------------------------------------ orientation
