@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lptem_dask.benchmark import (
+    LevelUnattainableError,
     SegmentationBenchmarkConfig,
     benchmark_segmentation,
     load_benchmark_config,
@@ -167,7 +168,7 @@ def test_simulated_test_set_holds_only_frames_at_the_level():
     )
     assert everything["skipped"] == []
     assert (everything["cnr"] < 9.0).any()  # what the old sets held
-    with pytest.raises(RuntimeError, match="fewer than 2 frames at CNR 10.0 in 2 draws"):
+    with pytest.raises(LevelUnattainableError, match="fewer than 2 frames at CNR 10.0 in 2 draws"):
         simulated_test_set("rods", target_cnr=10.0, n=2, image_size_px=128, seed=1000, max_draws=2)
 
 
@@ -197,3 +198,29 @@ def test_reuses_tuned_params(tmp_path):
     bad = cfg.model_copy(update={"methods": ("otsu", "li")})
     with pytest.raises(ConfigError, match="no settings"):
         benchmark_segmentation(bad, tmp_path / "o2", progress=False)
+
+
+def test_a_shape_that_cannot_reach_a_level_is_left_out_of_its_mean(tmp_path):
+    # rods at CNR 10, seed 1000, 96 px: only the first of the first three frames is at
+    # the level (the background keeps the others below it); spheres are at it
+    cfg = SegmentationBenchmarkConfig(
+        methods=("otsu",),
+        levels=("clean",),
+        shapes=("spheres", "rods"),
+        frames_per_set=2,
+        max_draws_per_set=3,
+        image_size_px=96,
+        tuned_params=None,
+        tune=False,
+        extend_cnr=(),
+        n_examples=1,
+    )
+    df = benchmark_segmentation(cfg, tmp_path / "o", progress=False)
+    assert set(df.loc[df["level"] == "clean", "dataset"]) == {"spheres", "all"}
+    row = df[df["dataset"] == "all"].iloc[0]
+    assert row["n_shapes"] == 1
+    sph = df[df["dataset"] == "spheres"].iloc[0]
+    assert row["pixel_iou"] == pytest.approx(sph["pixel_iou"])
+    assert df.attrs["unattainable"][0]["dataset"] == "rods"
+    table = (tmp_path / "o" / "table.md").read_text()
+    assert "- level clean: rods: fewer than 2 frames at CNR 10.0 in 3 draws" in table
