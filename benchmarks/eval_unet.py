@@ -271,6 +271,7 @@ def main() -> None:
     res = evaluate(args.model, args.n, modes, args.sets.split(",") if args.sets else None)
     res["command"] = (
         f"python benchmarks/eval_unet.py --model {args.model} --n {args.n} --modes {args.modes}"
+        + (f" --sets {args.sets}" if args.sets else "")
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

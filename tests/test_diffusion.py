@@ -25,6 +25,7 @@ from lptem_dask.analysis.diffusion import (
 )
 from lptem_dask.errors import InputError, StoreError
 from lptem_dask.simulate.dynamics import simulate_trajectories
+from lptem_dask.testing import prism_diffusion_from_labels
 
 D, DR, DT, TE = 2000.0, 0.5, 0.1, 0.05  # nm^2/s, rad^2/s, s, s: RMS step 28 nm, blur matters
 
@@ -255,37 +256,6 @@ def test_real_lattice_short_cube_video_runs():
 E2E_FRAMES = 300
 
 
-def _pipeline_D(video, labels, *, exposure_s: float) -> tuple[float, float]:
-    import trackpy
-
-    from lptem_dask.measure import measure_regions
-    from lptem_dask.track import link
-
-    trackpy.quiet()
-    tab = measure_regions(labels, video, shape="prism").compute()
-    tab = tab[~tab["touches_border"]]
-    # single, whole particles only: merged pairs (twice the area, concave) have no orientation
-    med = tab["area_px"].median()
-    tab = tab[tab["area_px"].between(0.7 * med, 1.3 * med) & (tab["solidity"] > 0.85)]
-    tracks = link(tab, search_range_nm=30.0, memory=1, symmetry_deg=120)
-    # centres of particles that do not touch the border lie in the image shrunk by about
-    # half a particle: the field of view for the edge correction of the MSD
-    ps = video.attrs["pixel_size_nm"]
-    half = (
-        0.5 * ps * np.median(np.concatenate([tab.bbox_y1 - tab.bbox_y0, tab.bbox_x1 - tab.bbox_x0]))
-    )
-    H, W = video.sizes["y"] * ps - 2 * half, video.sizes["x"] * ps - 2 * half
-    s, _ = diffusion_analysis(
-        tracks,
-        frame_interval_s=video.attrs["frame_interval_s"],
-        exposure_s=exposure_s,
-        drift="none",
-        n_boot=50,
-        window_nm=(half, half, H, W),
-    )
-    return s["translation"]["D"], s["rotation"]["D"]
-
-
 def _otsu_labels(video):
     from scipy import ndimage
     from skimage.filters import threshold_otsu
@@ -310,7 +280,7 @@ def test_end_to_end_classical_segmentation_high_cnr(seed):
 
     c = load_dynamics_config("brownian_prisms")
     video, _ = simulate_video(config=c, seed=seed, n_frames=E2E_FRAMES, target_cnr="high")
-    Dm, Drm = _pipeline_D(video, _otsu_labels(video), exposure_s=c.exposure_s)
+    Dm, Drm = prism_diffusion_from_labels(video, _otsu_labels(video), exposure_s=c.exposure_s)
     assert abs(Dm / c.diffusion_nm2_s - 1) < 0.10, Dm
     assert abs(Drm / c.rotational_diffusion_rad2_s - 1) < 0.15, Drm
 
@@ -340,7 +310,7 @@ def test_end_to_end_unet_recovers_D_and_Dr(level, seed):
     assert step_px >= 3 and c.exposure_s >= 0.5 * c.frame_interval_s
     video, _ = simulate_video(config=c, seed=seed, n_frames=E2E_FRAMES, target_cnr=level)
     labels = lp.segment(video, model="default", particle_size_px=c.size_nm / c.pixel_size_nm)
-    Dm, Drm = _pipeline_D(video, labels, exposure_s=c.exposure_s)
+    Dm, Drm = prism_diffusion_from_labels(video, labels, exposure_s=c.exposure_s)
     assert abs(Dm / c.diffusion_nm2_s - 1) < 0.10, Dm
     assert abs(Drm / c.rotational_diffusion_rad2_s - 1) < 0.15, Drm
 

@@ -355,15 +355,36 @@ def _sphere_frames(diameter_nm: tuple[float, float], count: tuple[int, int], see
     return np.stack([s["image"] for s in sims]), float(np.median(truth))
 
 
-def test_model_finds_the_particle_size_in_its_range_and_does_not_rescale():
+def test_model_finds_one_particle_size_and_rescales_it_to_its_median():
+    # one population inside the training range is rescaled as an explicit
+    # particle_size_px would be (small particles measured as they were lost D and D_r)
     from lptem_dask.segment.infer import _train_range, estimate_size_with_model, prepare_model
 
     spec = prepare_model("default")
-    lo, _, hi = _train_range(spec.card)
+    lo, med, hi = _train_range(spec.card)
     frames, truth = _sphere_frames((30.0, 40.0), (10, 14), seed=11)
     size, scale = estimate_size_with_model(frames, spec, polarity="dark")
     assert lo <= truth <= hi
     assert size == pytest.approx(truth, rel=0.2)
+    assert scale == pytest.approx(med / size)
+
+
+def test_model_leaves_a_mixture_of_sizes_in_its_range_as_it_is():
+    from lptem_dask.segment.infer import (
+        _objects_diameters_px,
+        _train_range,
+        estimate_size_with_model,
+        prepare_model,
+    )
+
+    spec = prepare_model("default")
+    lo, _, hi = _train_range(spec.card)
+    frames, _ = _sphere_frames((16.0, 80.0), (14, 18), seed=13)
+    d = _objects_diameters_px(frames, spec, "dark", 1.0, None)
+    q1, q3 = np.percentile(d, [25, 75])
+    assert q3 > 1.5 * q1  # a mixture by the estimate's own rule
+    size, scale = estimate_size_with_model(frames, spec, polarity="dark")
+    assert lo <= size <= hi
     assert scale == 1.0  # inside the training range: frames as they are
 
 
