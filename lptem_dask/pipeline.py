@@ -31,6 +31,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
 import traceback
 import uuid
@@ -593,10 +595,33 @@ def _in_task(func: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import dask
 
+        _import_serially(TASK_MODULES)
         with dask.config.set(scheduler="synchronous"):
             return func(*args, **kwargs)
 
     return wrapper
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import_serially(modules: Sequence[str]) -> None:
+    """Import ``modules`` one thread at a time in this process.
+
+    Two threads of one Dask worker that import the same packages for the first
+    time side by side can fail with ``_DeadlockError`` or a partially initialised
+    module (seen: fsspec, in ``lptem demo``). Every pipeline task and the warm-up
+    import what they need through this lock first; modules already imported
+    cost a dictionary lookup.
+    """
+    if all(m in sys.modules for m in modules):
+        return
+    import importlib
+
+    with _IMPORT_LOCK:
+        for m in modules:
+            if m not in sys.modules:
+                importlib.import_module(m)
 
 
 def task_warm_imports(modules: Sequence[str]) -> float:
@@ -606,11 +631,8 @@ def task_warm_imports(modules: Sequence[str]) -> float:
     torch, scikit-image and the rest while the client process plans the videos,
     instead of after planning, inside the first chunk task of each thread.
     """
-    import importlib
-
     t0 = time.perf_counter()
-    for m in modules:
-        importlib.import_module(m)
+    _import_serially(modules)
     return time.perf_counter() - t0
 
 
@@ -620,6 +642,18 @@ WARM_MODULES = (
     "lptem_dask.segment.postprocess",
     "lptem_dask.measure",
     "lptem_dask.track",
+)
+# everything a task imports the first time it runs in a process: the chunk modules,
+# then linking, the analyses and the report (two videos' analyses ran side by side)
+TASK_MODULES = (
+    *WARM_MODULES,
+    "trackpy",
+    "matplotlib.pyplot",
+    "lptem_dask.analysis.diffusion",
+    "lptem_dask.analysis.interaction",
+    "lptem_dask.analysis.etching",
+    "lptem_dask.analysis.assembly",
+    "lptem_dask.report",
 )
 
 
@@ -654,7 +688,7 @@ def _warm_workers(client) -> list:
     return [
         client.submit(
             task_warm_imports,
-            WARM_MODULES,
+            TASK_MODULES,
             key=f"warm-imports-{i}-{uuid.uuid4().hex[:8]}",
             workers=[w],
             allow_other_workers=False,

@@ -363,7 +363,7 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
     """One warm-up task per worker imports torch & co; it runs there, and only there."""
     import sys
 
-    from lptem_dask.pipeline import WARM_MODULES, _await_warm_up, _warm_workers
+    from lptem_dask.pipeline import TASK_MODULES, _await_warm_up, _warm_workers
 
     futures = _warm_workers(client)
     _await_warm_up(futures)  # what run_videos does before it submits anything else
@@ -374,5 +374,41 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
     assert all(s >= 0.0 for s in seconds)
     who = client.who_has(futures)
     assert {w for ws in who.values() for w in ws} == workers
-    loaded = client.run(lambda: [m in sys.modules for m in WARM_MODULES])
+    loaded = client.run(lambda: [m in sys.modules for m in TASK_MODULES])
     assert all(all(v) for v in loaded.values())
+
+
+def test_tasks_import_one_thread_at_a_time(tmp_path, monkeypatch):
+    """Two threads importing modules for the first time do not import side by side."""
+    import sys
+    import threading
+
+    from lptem_dask.pipeline import _import_serially
+
+    log = tmp_path / "log.txt"
+    for name in ("slow_mod_a", "slow_mod_b"):
+        (tmp_path / f"{name}.py").write_text(
+            "import threading, time\n"
+            f"open({str(log)!r}, 'a').write('enter {name}\\n')\n"
+            "time.sleep(0.2)\n"
+            f"open({str(log)!r}, 'a').write('exit {name}\\n')\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("slow_mod_a", "slow_mod_b"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    threads = [
+        threading.Thread(target=_import_serially, args=(order,))
+        for order in (["slow_mod_a", "slow_mod_b"], ["slow_mod_b", "slow_mod_a"])
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = log.read_text().split("\n")[:-1]
+    # each module once, and never two imports at the same time
+    assert sorted(events) == sorted(
+        ["enter slow_mod_a", "exit slow_mod_a", "enter slow_mod_b", "exit slow_mod_b"]
+    )
+    assert [e.split()[0] for e in events] == ["enter", "exit", "enter", "exit"]
+    for name in ("slow_mod_a", "slow_mod_b"):
+        sys.modules.pop(name, None)
