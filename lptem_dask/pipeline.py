@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import traceback
@@ -603,6 +602,7 @@ def _in_task(func: Callable) -> Callable:
 
 
 _IMPORT_LOCK = threading.Lock()
+_IMPORTED: set[str] = set()  # imported to the end through the lock, in this process
 
 
 def _import_serially(modules: Sequence[str]) -> None:
@@ -611,17 +611,20 @@ def _import_serially(modules: Sequence[str]) -> None:
     Two threads of one Dask worker that import the same packages for the first
     time side by side can fail with ``_DeadlockError`` or a partially initialised
     module (seen: fsspec, in ``lptem demo``). Every pipeline task and the warm-up
-    import what they need through this lock first; modules already imported
-    cost a dictionary lookup.
+    import what they need through this lock first. The lock-free check is on
+    the modules whose import has *finished* (``sys.modules`` already holds a
+    module while another thread is still executing it); once done it is a
+    set lookup.
     """
-    if all(m in sys.modules for m in modules):
+    if _IMPORTED.issuperset(modules):
         return
     import importlib
 
     with _IMPORT_LOCK:
         for m in modules:
-            if m not in sys.modules:
+            if m not in _IMPORTED:
                 importlib.import_module(m)
+                _IMPORTED.add(m)
 
 
 def task_warm_imports(modules: Sequence[str]) -> float:

@@ -383,7 +383,7 @@ def test_tasks_import_one_thread_at_a_time(tmp_path, monkeypatch):
     import sys
     import threading
 
-    from lptem_dask.pipeline import _import_serially
+    from lptem_dask.pipeline import _IMPORTED, _import_serially
 
     log = tmp_path / "log.txt"
     for name in ("slow_mod_a", "slow_mod_b"):
@@ -412,3 +412,4 @@ def test_tasks_import_one_thread_at_a_time(tmp_path, monkeypatch):
     assert [e.split()[0] for e in events] == ["enter", "exit", "enter", "exit"]
     for name in ("slow_mod_a", "slow_mod_b"):
         sys.modules.pop(name, None)
+        _IMPORTED.discard(name)
