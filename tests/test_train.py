@@ -117,6 +117,17 @@ def test_finetune_on_a_folder_of_labelled_frames(tmp_path):
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["finetuned_from"] == str(base)
     assert card["data"]["val_stems"] == ["f4"] and len(card["data"]["train_stems"]) == 4
+    # the card carries the stages of the weights it started from, then its own
+    base_card = json.loads(base.with_suffix(".json").read_text())
+    stages = card["training_stages"]
+    assert [st["stage"] for st in stages] == [1, 2]
+    assert stages[0]["weights_sha256"] == base_card["weights_sha256"]
+    assert stages[0]["training_config_hash"] == base_card["training_config_hash"]
+    assert stages[1]["weights_sha256"] == card["weights_sha256"]
+    assert stages[1]["init"] == str(base)
+    assert card["total_training_time_s"] == pytest.approx(
+        base_card["training_time_s"] + card["training_time_s"]
+    )
     (folder / "masks" / "f4.png").unlink()
     with pytest.raises(InputError, match="f4"):
         train(cfg, tmp_path / "ft2", finetune=folder, progress=False)
@@ -125,6 +136,13 @@ def test_finetune_on_a_folder_of_labelled_frames(tmp_path):
 def test_train_config_validation(tmp_path):
     with pytest.raises(ValueError, match="val_seed"):
         DataConfig(train_seed=3, val_seed=3)
+    extra = {"simulation": "rods", "n_train": 4, "train_seed": 11}
+    with pytest.raises(ValueError, match="rods"):  # an extra preset's seed that validates
+        DataConfig(train_seed=1, val_seed=2, extra=[{**extra, "train_seed": 2}])
+    with pytest.raises(ValueError, match="val_seed"):
+        DataConfig(extra=[{**extra, "n_val": 2}])
+    with pytest.raises(ValueError, match="simulate"):
+        DataConfig(source="zarr", train_path="a", val_path="b", extra=[extra])
     p = tmp_path / "c.yaml"
     p.write_text("preset: fast\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="learning_rate"):
@@ -132,9 +150,40 @@ def test_train_config_validation(tmp_path):
     p.write_text("preset: giant\n")
     with pytest.raises(ConfigError, match="giant"):
         train_command(p, out_dir=tmp_path / "o")
-    for name in ("default", "paper"):
+    for name in ("default_stage1", "default", "default_stage3", "paper"):
         cfg = load_config(f"configs/train/{name}.yaml", TrainConfig)
         assert cfg.data.train_seed != cfg.data.val_seed
+        for e in cfg.data.extra:  # never a seed of a held-out test set (1000 up)
+            assert e.train_seed < 1000 and (e.val_seed or 0) < 1000
+
+
+def test_training_set_of_two_presets_holds_the_images_of_each():
+    from lptem_dask.segment._data import ConcatSource, SimulatedSource
+    from lptem_dask.segment.train import _sources
+
+    cfg = TrainConfig(
+        data=DataConfig(
+            simulation="spheres",
+            n_train=2,
+            n_val=1,
+            extra=[
+                {"simulation": "cubes", "n_train": 3, "train_seed": 11, "n_val": 1, "val_seed": 12}
+            ],
+        )
+    )
+    tr, va, seeds = _sources(cfg, None)
+    assert isinstance(tr, ConcatSource) and len(tr) == 5 and len(va) == 2
+    cubes = SimulatedSource("cubes", 3, seed=11)
+    np.testing.assert_array_equal(tr[3]["labels"], cubes[1]["labels"])
+    np.testing.assert_array_equal(
+        tr[1]["labels"], SimulatedSource("spheres", 2, seed=1)[1]["labels"]
+    )
+    np.testing.assert_array_equal(
+        va[1]["labels"], SimulatedSource("cubes", 1, seed=12)[0]["labels"]
+    )
+    assert seeds["extra"][0]["simulation"] == "cubes"
+    with pytest.raises(IndexError):
+        tr[5]
 
 
 def test_augmented_samples_are_reproducible_and_consistent():

@@ -74,6 +74,12 @@ def save_checkpoint(
     card["architecture"] = json.loads(module.config.model_dump_json())
     card["heads"] = list(module.config.heads)
     card["weights_sha256"] = sha256_bytes(blob)
+    stages = card.get("training_stages")
+    if stages and stages[-1].get("weights_sha256") is None:
+        # the record of the stage that made these weights (see train.stage_record)
+        stages = [dict(st) for st in stages]
+        stages[-1]["weights_sha256"] = card["weights_sha256"]
+        card["training_stages"] = stages
     card_path = path.with_suffix(".json")
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_bytes(blob)

@@ -235,6 +235,29 @@ class FolderSource:
         return self.items[i]
 
 
+class ConcatSource:
+    """The images of several sources one after the other (e.g. two simulator presets)."""
+
+    def __init__(self, sources: list[Any]) -> None:
+        self.sources = list(sources)
+        self._ends = np.cumsum([len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        k = int(np.searchsorted(self._ends, i, side="right"))
+        start = int(self._ends[k - 1]) if k else 0
+        return self.sources[k][i - start]
+
+    @property
+    def failures(self) -> list[tuple[int, str]]:
+        return [f for s in self.sources for f in getattr(s, "failures", [])]
+
+
 class _Subset:
     def __init__(self, source: Any, index: list[int]) -> None:
         self.source, self.index = source, index

@@ -33,6 +33,7 @@ from ..config import StageConfig, config_hash, dump_config, load_config
 from ..errors import ConfigError, InputError
 from ._data import (
     AugmentedDataset,
+    ConcatSource,
     FolderSource,
     SimulatedSource,
     ZarrSource,
@@ -56,12 +57,40 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class ExtraSimulation(StageConfig):
+    """A further simulator preset whose images join the training set.
+
+    Its images are ``simulate_one(i, simulation, seed=train_seed)`` for ``i < n_train``;
+    the ``train_seed`` must differ from the main set's seeds and from any seed a test
+    set uses. ``n_val`` of its images (``seed=val_seed``) join the validation set.
+    """
+
+    simulation: str = Field(description="simulator preset name or YAML path")
+    n_train: int = Field(ge=1)
+    train_seed: int = Field(ge=0)
+    n_val: int = Field(default=0, ge=0)
+    val_seed: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExtraSimulation:
+        if self.n_val > 0 and self.val_seed is None:
+            raise ValueError(f"{self.simulation}: n_val > 0 needs a val_seed")
+        if self.val_seed is not None and self.val_seed == self.train_seed:
+            raise ValueError(
+                f"{self.simulation}: train_seed and val_seed must differ (both "
+                f"{self.train_seed}); validation images must never be training images"
+            )
+        return self
+
+
 class DataConfig(StageConfig):
     """Where training and validation images come from.
 
     ``source="simulate"``: images ``simulate_one(i, simulation, seed=train_seed)``
     for ``i < n_train`` (validation: ``seed=val_seed``, ``i < n_val``), simulated
-    on demand and cached in memory. ``source="zarr"``: training sets written by
+    on demand and cached in memory, plus the images of each entry of ``extra``
+    (other presets, e.g. the ``rods`` preset's heavy motion blur, which the
+    ``mixed`` preset does not reach). ``source="zarr"``: training sets written by
     ``lptem simulate`` at ``train_path`` / ``val_path``.
     """
 
@@ -74,6 +103,9 @@ class DataConfig(StageConfig):
     train_seed: int = Field(default=1, ge=0)
     val_seed: int = Field(default=2, ge=0)
     cache: bool = True
+    extra: list[ExtraSimulation] = Field(
+        default_factory=list, description="further simulator presets in the training set"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -82,6 +114,16 @@ class DataConfig(StageConfig):
                 f"train_seed and val_seed must differ (both {self.train_seed}); validation "
                 "images must never be training images"
             )
+        if self.extra and self.source != "simulate":
+            raise ValueError("extra simulator presets need source 'simulate'")
+        for e in self.extra:
+            if e.train_seed in (self.val_seed,) or (
+                e.val_seed is not None and e.val_seed in (self.train_seed,)
+            ):
+                raise ValueError(
+                    f"extra preset {e.simulation}: its seeds must not be the main set's "
+                    "other seed (validation images must never be training images)"
+                )
         if self.source == "zarr" and (self.train_path is None or self.val_path is None):
             raise ValueError("source 'zarr' needs train_path and val_path")
         return self
@@ -283,8 +325,8 @@ def _sources(config: TrainConfig, finetune: str | Path | None) -> tuple[Any, Any
         }
         return _Subset(full, train_idx), _Subset(full, val_idx), seeds
     if d.source == "simulate":
-        tr = SimulatedSource(d.simulation, d.n_train, seed=d.train_seed, cache=d.cache)
-        va = SimulatedSource(d.simulation, d.n_val, seed=d.val_seed, cache=True)
+        tr: Any = SimulatedSource(d.simulation, d.n_train, seed=d.train_seed, cache=d.cache)
+        va: Any = SimulatedSource(d.simulation, d.n_val, seed=d.val_seed, cache=True)
         seeds = {
             "simulation": d.simulation,
             "train_seed": d.train_seed,
@@ -292,6 +334,22 @@ def _sources(config: TrainConfig, finetune: str | Path | None) -> tuple[Any, Any
             "val_seed": d.val_seed,
             "n_val": d.n_val,
         }
+        if d.extra:
+            tr = ConcatSource(
+                [tr]
+                + [
+                    SimulatedSource(e.simulation, e.n_train, seed=e.train_seed, cache=d.cache)
+                    for e in d.extra
+                ]
+            )
+            va_extra = [
+                SimulatedSource(e.simulation, e.n_val, seed=e.val_seed, cache=True)  # type: ignore[arg-type]
+                for e in d.extra
+                if e.n_val > 0
+            ]
+            if va_extra:
+                va = ConcatSource([va] + va_extra)
+            seeds["extra"] = [e.model_dump() for e in d.extra]
         return tr, va, seeds
     tr2, va2 = ZarrSource(d.train_path), ZarrSource(d.val_path)  # type: ignore[arg-type]
     seeds = {"train_path": d.train_path, "val_path": d.val_path}
@@ -492,10 +550,50 @@ def train(
         "training_time_s": elapsed,
         "hardware": _hardware(device),
     }
+    stages = training_stages(init_card, card)
+    card["training_stages"] = stages
+    card["total_training_time_s"] = float(
+        sum(float(st.get("training_time_s") or 0.0) for st in stages)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(module, card, weights_path, overwrite=overwrite)
     logger.info("wrote checkpoint %s (best val loss %.4f)", path, best["loss"])
     return path
+
+
+def stage_record(card: dict[str, Any], *, init: str | None) -> dict[str, Any]:
+    """One training stage as the model card's ``training_stages`` lists it."""
+    cfg = card.get("training_config") or {}
+    return {
+        "stage": 1,
+        "init": init,
+        "training_config_hash": card.get("training_config_hash"),
+        "data": card.get("data"),
+        "training_time_s": card.get("training_time_s"),
+        "best": (card.get("metrics") or {}).get("best"),
+        "stop_reason": (card.get("metrics") or {}).get("stop_reason"),
+        "max_time_s": cfg.get("max_time_s"),
+        "hardware": card.get("hardware"),
+        "created_utc": card.get("created_utc"),
+        "weights_sha256": card.get("weights_sha256"),
+    }
+
+
+def training_stages(init_card: dict[str, Any] | None, card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stages that made a checkpoint: those of the model it started from, then its own.
+
+    A model trained from another (``init_model``, ``--finetune``) carries the history
+    of its initial weights, so its card says how long the whole model took to train.
+    The new stage's ``weights_sha256`` is filled in when the checkpoint is written.
+    """
+    stages: list[dict[str, Any]] = []
+    if init_card is not None:
+        prev = init_card.get("training_stages")
+        stages = [dict(st) for st in prev] if prev else [stage_record(init_card, init=None)]
+    own = stage_record(card, init=card.get("finetuned_from"))
+    own["stage"] = len(stages) + 1
+    own["weights_sha256"] = None
+    return stages + [own]
 
 
 def train_command(
