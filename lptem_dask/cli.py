@@ -254,7 +254,7 @@ def segment_cmd(
             help="Output store; default: in place for a store, else VIDEO.zarr beside it."
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="'default' or a checkpoint path.")] = "default",
+    model: Annotated[str, typer.Option(help="'default', 'rods' (shipped models) or a checkpoint path.")] = "default",
     particle_size_px: Annotated[
         float | None, typer.Option(help="Typical particle diameter (px).")
     ] = None,

@@ -213,7 +213,9 @@ class SegmentConfig(StageConfig):
     ] = "unet"
     baseline_params: dict[str, Any] = Field(default_factory=dict)
 
-    model: str = Field(default="default", description='"default" or a checkpoint path')
+    model: str = Field(
+        default="default", description='"default", "rods" (shipped models) or a checkpoint path'
+    )
     particle_size_px: float | None = Field(
         default=None, gt=0, description="typical particle diameter, px"
     )

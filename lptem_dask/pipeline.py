@@ -155,20 +155,22 @@ def _file_fingerprint(path: Path) -> dict:
 
 
 def _model_fingerprint(model: str) -> str:
-    if model == "default":
+    from .models import SHIPPED_MODELS
+
+    if model in SHIPPED_MODELS:
         from importlib import resources
 
         try:
-            ref = resources.files("lptem_dask.models") / "default.safetensors"
+            ref = resources.files("lptem_dask.models") / f"{model}.safetensors"
             data = ref.read_bytes()
         except (FileNotFoundError, OSError):
-            return "default:missing"
-        return "default:" + hashlib.sha256(data).hexdigest()[:16]
+            return f"{model}:missing"
+        return f"{model}:" + hashlib.sha256(data).hexdigest()[:16]
     p = Path(model)
     if not p.exists():
         raise ConfigError(
-            f"`segment.model` {model!r} is neither 'default' nor an existing checkpoint path; "
-            "give the path of a file written by `lptem train`"
+            f"`segment.model` {model!r} is neither a shipped model ({sorted(SHIPPED_MODELS)}) "
+            "nor an existing checkpoint path; give the path of a file written by `lptem train`"
         )
     h = hashlib.sha256()
     for f in sorted(p.rglob("*")) if p.is_dir() else [p]:

@@ -413,3 +413,18 @@ def test_tasks_import_one_thread_at_a_time(tmp_path, monkeypatch):
     for name in ("slow_mod_a", "slow_mod_b"):
         sys.modules.pop(name, None)
         _IMPORTED.discard(name)
+
+
+def test_a_pipeline_stage_names_the_shipped_model_it_used():
+    """The segment stage's hash follows the weights of whichever shipped model it names."""
+    from lptem_dask.errors import ConfigError
+    from lptem_dask.models import SHIPPED_MODELS, shipped_model_paths
+    from lptem_dask.pipeline import _model_fingerprint
+
+    if not all(shipped_model_paths(n)[0].exists() for n in SHIPPED_MODELS):
+        pytest.skip("the shipped models are not installed")
+    prints = {name: _model_fingerprint(name) for name in SHIPPED_MODELS}
+    assert prints["rods"].startswith("rods:") and prints["default"].startswith("default:")
+    assert len(set(p.split(":")[1] for p in prints.values())) == len(prints)
+    with pytest.raises(ConfigError, match="rods"):
+        _model_fingerprint("no-such-model")

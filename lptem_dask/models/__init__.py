@@ -1,4 +1,4 @@
-"""The shipped default model and the model loader.
+"""The shipped models and the model loader.
 
 ``lptem_dask/models/default.safetensors`` + ``default.json`` hold the default
 U-Net (preset "fast") trained on simulated images. They are produced by
@@ -6,6 +6,12 @@ U-Net (preset "fast") trained on simulated images. They are produced by
 
     lptem train configs/train/default_stage1.yaml --out lptem_dask/models --name default
     lptem train configs/train/default.yaml --out lptem_dask/models --name default
+
+``rods.safetensors`` + ``rods.json`` (``model="rods"``) are the default model trained
+further with images of the ``rods`` preset (strong motion blur of the seed's rod
+runs), ``make model``'s third step::
+
+    lptem train configs/train/rods.yaml --out lptem_dask/models --name rods
 
 (Python: ``lptem_dask.segment.train.train_command("configs/train/default.yaml",
 out_dir="lptem_dask/models", name="default")``). Weights are loaded with
@@ -19,7 +25,13 @@ from typing import Any
 
 from ..errors import ModelError
 
-__all__ = ["load_model", "default_model_paths", "DEFAULT_TRAIN_COMMAND"]
+__all__ = [
+    "load_model",
+    "default_model_paths",
+    "shipped_model_paths",
+    "SHIPPED_MODELS",
+    "DEFAULT_TRAIN_COMMAND",
+]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -30,9 +42,30 @@ DEFAULT_TRAIN_COMMAND = (
 )
 
 
+#: Models shipped inside the package, by the name ``model=`` takes, and how each is made.
+SHIPPED_MODELS: dict[str, str] = {
+    "default": DEFAULT_TRAIN_COMMAND,
+    "rods": "lptem train configs/train/rods.yaml --out lptem_dask/models --name rods "
+    "(after the default model; `make model` runs all three steps)",
+}
+
+
+def shipped_model_paths(name: str = "default") -> tuple[Path, Path]:
+    """Paths of a shipped model's weights and card (they may not exist yet).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SHIPPED_MODELS` (``"default"``, ``"rods"``).
+    """
+    if name not in SHIPPED_MODELS:
+        raise ModelError(f"no shipped model {name!r}; the package ships {sorted(SHIPPED_MODELS)}")
+    return _HERE / f"{name}.safetensors", _HERE / f"{name}.json"
+
+
 def default_model_paths() -> tuple[Path, Path]:
     """Paths of the shipped default weights and card (they may not exist yet)."""
-    return _HERE / "default.safetensors", _HERE / "default.json"
+    return shipped_model_paths("default")
 
 
 def _default_card_for(module: Any) -> dict[str, Any]:
@@ -51,8 +84,9 @@ def load_model(model: Any = "default", *, device: str | None = None) -> tuple[An
 
     Parameters
     ----------
-    model : "default", str or Path, or torch.nn.Module
-        ``"default"``: the shipped model. A path: a checkpoint written by
+    model : "default", "rods", str or Path, or torch.nn.Module
+        ``"default"``: the shipped default model; ``"rods"``: the shipped model for
+        rods blurred by their motion (see :data:`SHIPPED_MODELS`). A path: a checkpoint written by
         ``lptem train`` (``NAME.safetensors`` + ``NAME.json``, or their
         directory; a ``.pt``/``.pth`` state dict is read with
         ``torch.load(weights_only=True)``). A module is returned as is; its
@@ -79,18 +113,19 @@ def load_model(model: Any = "default", *, device: str | None = None) -> tuple[An
         card = getattr(model, "lptem_card", None) or _default_card_for(model)
         module = model
     else:
-        if isinstance(model, str) and model == "default":
-            weights, card_path = default_model_paths()
+        if isinstance(model, str) and model in SHIPPED_MODELS:
+            weights, card_path = shipped_model_paths(model)
             if not weights.is_file() or not card_path.is_file():
                 raise ModelError(
-                    f"the default model is not installed ({weights} is missing); train it "
-                    f"with: {DEFAULT_TRAIN_COMMAND}  (or pass model=PATH to a checkpoint)"
+                    f"the shipped model {model!r} is not installed ({weights} is missing); "
+                    f"train it with: {SHIPPED_MODELS[model]}  (or pass model=PATH to a "
+                    "checkpoint)"
                 )
             model = weights
         if not isinstance(model, (str, Path)):
             raise ModelError(
-                f"`model` must be 'default', a checkpoint path or a torch.nn.Module, "
-                f"got {type(model).__name__}"
+                f"`model` must be one of {sorted(SHIPPED_MODELS)}, a checkpoint path or a "
+                f"torch.nn.Module, got {type(model).__name__}"
             )
         module, card, sha = read_checkpoint(model)
         card = dict(card)
