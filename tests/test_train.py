@@ -150,7 +150,7 @@ def test_train_config_validation(tmp_path):
     p.write_text("preset: giant\n")
     with pytest.raises(ConfigError, match="giant"):
         train_command(p, out_dir=tmp_path / "o")
-    for name in ("default_stage1", "default", "default_stage3", "paper"):
+    for name in ("default_stage1", "default", "rods", "paper"):
         cfg = load_config(f"configs/train/{name}.yaml", TrainConfig)
         assert cfg.data.train_seed != cfg.data.val_seed
         for e in cfg.data.extra:  # never a seed of a held-out test set (1000 up)
