@@ -16,7 +16,9 @@ Every image goes through the public path ``predict_maps`` -> ``label_frames``
 as a one-frame video. Scale modes: ``native`` (no rescaling: the test images
 have the training sizes) and ``auto`` (``particle_size_px=None``: estimated
 per image); a ``+bf16`` suffix (e.g. ``native+bf16``) runs under bfloat16
-autocast instead of float32, to measure what bfloat16 costs in IoU. Scores, pooled over the images of a set: pixel IoU of
+autocast instead of float32, to measure what bfloat16 costs in IoU; a ``+tta`` suffix
+(e.g. ``native+tta``) averages the maps over the eight rotations and flips of each
+image (``predict_maps(tta=True)``). Scores, pooled over the images of a set: pixel IoU of
 ``probability > 0.5`` against the exact mask, object F1 with IoU >= 0.5
 matching; for reference, the pixel IoU of a global Otsu threshold.
 
@@ -120,8 +122,11 @@ def _score(spec, sim: dict, modes: list[str], acc: dict) -> None:
     img = sim["image"]
     video = xr.DataArray(img[None], dims=("frame", "y", "x"))
     for m in modes:
-        scale_mode, _, prec = m.partition("+")
-        kw: dict = {"precision": "bfloat16" if prec == "bf16" else "float32"}
+        scale_mode, *suffixes = m.split("+")
+        kw: dict = {
+            "precision": "bfloat16" if "bf16" in suffixes else "float32",
+            "tta": "tta" in suffixes,
+        }
         if scale_mode == "native":
             train = spec.card.get("particle_size_px") or {}
             kw["particle_size_px"] = train.get("median") if train else None

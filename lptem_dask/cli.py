@@ -254,11 +254,17 @@ def segment_cmd(
             help="Output store; default: in place for a store, else VIDEO.zarr beside it."
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help="'default', 'rods' (shipped models) or a checkpoint path.")] = "default",
+    model: Annotated[
+        str, typer.Option(help="'default', 'rods' (shipped models) or a checkpoint path.")
+    ] = "default",
     particle_size_px: Annotated[
         float | None, typer.Option(help="Typical particle diameter (px).")
     ] = None,
     polarity: Annotated[str, typer.Option(help="dark | bright | auto")] = "dark",
+    tta: Annotated[
+        bool,
+        typer.Option(help="Test-time augmentation: mean of 8 rotated/flipped copies (8x slower)."),
+    ] = False,
     threshold: Annotated[float, typer.Option(help="Probability threshold.")] = 0.5,
     min_confidence: Annotated[
         float, typer.Option(help="Drop regions whose mean probability is lower (0: keep all).")
@@ -297,6 +303,7 @@ def segment_cmd(
             "model": model,
             "particle_size_px": particle_size_px,
             "polarity": polarity,
+            "tta": tta,
             "threshold": threshold,
             "min_confidence": min_confidence,
             "min_relative_area": min_relative_area,

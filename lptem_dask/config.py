@@ -224,6 +224,10 @@ class SegmentConfig(StageConfig):
         default=None, ge=1, description="frames per forward pass; null: 1 on CPU, 8 on GPU"
     )
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tta: bool = Field(
+        default=False,
+        description="test-time augmentation: mean maps of 8 rotated/flipped copies (8x slower)",
+    )
     threshold: float = Field(default=0.5, gt=0, lt=1)
     min_area_px: int = Field(default=4, ge=1)
     split_touching: bool = True

@@ -193,6 +193,8 @@ def stage_hashes(config: PipelineConfig, source: Path) -> dict[str, str]:
         "maps": {
             "model": _model_fingerprint(config.segment.model),
             **{k: seg[k] for k in ("particle_size_px", "polarity", "precision")},
+            # only when on, so the hashes of stores made before the option stay valid
+            **({"tta": True} if seg.get("tta") else {}),
         },
         # an unset particle_area_px leaves the hash of stores made before it existed
         "labels": {
@@ -567,6 +569,7 @@ def _maps_kwargs(config: PipelineConfig) -> dict[str, Any]:
         polarity=s.polarity,
         batch_size=s.batch_size,
         precision=s.precision,
+        tta=s.tta,
     )
 
 

@@ -445,3 +445,29 @@ def test_shipped_rods_model_segments_motion_blurred_rods_better_than_the_default
         iou[name] = (p & truth).sum() / (p | truth).sum()
     # measured (n = 16 per model): 0.419 default, 0.616 rods
     assert iou["rods"] > iou["default"] + 0.1, iou
+
+
+def test_test_time_augmentation_is_the_mean_over_the_eight_symmetries_of_the_square(frames, net):
+    from lptem_dask.segment.infer import TTA_TRANSFORMS
+
+    arr = frames[:2]
+    got = predict_probability(video(arr), model=net, tta=True).values
+    manual = np.zeros_like(got)
+    for k, flip in TTA_TRANSFORMS:
+        t = np.rot90(arr, k, axes=(1, 2))
+        if flip:
+            t = t[..., ::-1]
+        p = predict_probability(video(np.ascontiguousarray(t)), model=net).values
+        if flip:
+            p = p[..., ::-1]
+        manual += np.rot90(p, -k, axes=(1, 2))
+    manual /= len(TTA_TRANSFORMS)
+    np.testing.assert_allclose(got, manual, atol=2e-5)
+    plain = predict_probability(video(arr), model=net).values
+    assert np.abs(got - plain).max() > 1e-3  # a random network is not symmetric
+    # frames that are not square, tiled, in ragged chunks: same maps, any chunking
+    rect = make_discs(3, 96, 10, seed=4)[0][:, :, :64]
+    one = predict_probability(video(rect, 1), model=net, tta=True, tile_size=48).values
+    whole = predict_probability(video(rect, 3), model=net, tta=True, tile_size=48).values
+    assert one.shape == rect.shape
+    np.testing.assert_array_equal(one, whole)

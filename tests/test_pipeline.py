@@ -428,3 +428,20 @@ def test_a_pipeline_stage_names_the_shipped_model_it_used():
     assert len(set(p.split(":")[1] for p in prints.values())) == len(prints)
     with pytest.raises(ConfigError, match="rods"):
         _model_fingerprint("no-such-model")
+
+
+def test_test_time_augmentation_changes_the_maps_stage_only_when_on(tmp_path):
+    from lptem_dask import pipeline
+    from lptem_dask.config import PipelineConfig
+
+    src = tmp_path / "v.tif"
+    src.write_bytes(b"not read")
+    off = pipeline.stage_hashes(PipelineConfig(videos=[str(src)]), src)
+    off2 = pipeline.stage_hashes(PipelineConfig(videos=[str(src)], segment={"tta": False}), src)
+    on = pipeline.stage_hashes(PipelineConfig(videos=[str(src)], segment={"tta": True}), src)
+    assert off == off2  # stores made before the option keep their hashes
+    assert on["image"] == off["image"]
+    for st in ("maps", "labels", "regions", "tracks"):
+        assert on[st] != off[st]
+    cfg = PipelineConfig(videos=[str(src)], segment={"tta": True})
+    assert pipeline._maps_kwargs(cfg)["tta"] is True

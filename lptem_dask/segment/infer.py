@@ -122,21 +122,49 @@ def _autocast(device: Any, precision: str):
     return contextlib.nullcontext()
 
 
-def _run_network(entry: CachedModel, batch: np.ndarray, precision: str) -> np.ndarray:
-    """Forward ``(b, y, x)`` normalised tiles -> ``(b, C, y, x)`` float32 in [0, 1]."""
+#: The eight symmetries of the square (rotations by k * 90 degrees, each with and
+#: without a left-right flip) that test-time augmentation averages over.
+TTA_TRANSFORMS: tuple[tuple[int, bool], ...] = tuple(
+    (k, f) for k in range(4) for f in (False, True)
+)
+
+
+def _run_network(
+    entry: CachedModel, batch: np.ndarray, precision: str, *, tta: bool = False
+) -> np.ndarray:
+    """Forward ``(b, y, x)`` normalised tiles -> ``(b, C, y, x)`` float32 in [0, 1].
+
+    With ``tta`` the maps are the mean of the network's maps of the eight rotated and
+    flipped copies of each tile (:data:`TTA_TRANSFORMS`), each mapped back.
+    """
     import torch
 
     dev = entry.device
     x = torch.from_numpy(np.ascontiguousarray(batch[:, None], dtype=np.float32))
     if dev.type == "cuda":
         x = x.pin_memory().to(dev, non_blocking=True)
-    else:
-        x = x.contiguous(memory_format=torch.channels_last)
+
+    def forward(xt):
+        if dev.type != "cuda":
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(entry.module(xt).float())
+
     with entry.lock, torch.inference_mode(), _autocast(dev, precision):
-        y = entry.module(x)
+        if not tta:
+            y = forward(x)
+        else:
+            y = 0
+            for k, flip in TTA_TRANSFORMS:
+                xt = torch.rot90(x, k, dims=(2, 3))
+                if flip:
+                    xt = torch.flip(xt, dims=(3,))
+                yt = forward(xt)
+                if flip:
+                    yt = torch.flip(yt, dims=(3,))
+                y = y + torch.rot90(yt, -k, dims=(2, 3))
+            y = y / len(TTA_TRANSFORMS)
     # NCHW numpy out (the network runs channels-last on CPU; torch transposes faster)
-    y = torch.sigmoid(y.float()).contiguous()
-    return y.to("cpu").numpy()
+    return y.contiguous().to("cpu").numpy()
 
 
 def auto_batch_size(device: Any) -> int:
@@ -160,6 +188,7 @@ def predict_block(
     precision: str = "auto",
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Maps for a block of frames (the numpy kernel).
 
@@ -170,7 +199,7 @@ def predict_block(
     plan : dict
         ``{"polarity": "dark"|"bright", "scale": float}``: the frame is resized
         by ``scale`` before the network (1: as is).
-    batch_size, device, precision, tile_size, tile_overlap
+    batch_size, device, precision, tile_size, tile_overlap, tta
         See :func:`predict_maps`.
 
     Returns
@@ -224,7 +253,7 @@ def predict_block(
     if len(tiles) == 1:  # whole frames: no blending
         maps = out if (hs, ws) == (h, w) else np.empty((n, n_heads, hs, ws), np.float32)
         for k in range(0, n, step):
-            pred = _run_network(entry, padded[k : k + step], precision)
+            pred = _run_network(entry, padded[k : k + step], precision, tta=tta)
             maps[k : k + step] = pred[..., :hs, :ws]
     else:
         acc = np.zeros((n, n_heads, hp, wp), np.float32)
@@ -236,7 +265,7 @@ def predict_block(
             batch = np.stack(
                 [padded[f, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for f, i, j in chunk]
             )
-            pred = _run_network(entry, batch, precision)
+            pred = _run_network(entry, batch, precision, tta=tta)
             for (f, i, j), p in zip(chunk, pred, strict=True):
                 win = np.outer(wy[i], wx[j]).astype(np.float32)
                 acc[f, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += p * win
@@ -476,6 +505,7 @@ def predict_maps(
     precision: str = "auto",
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    tta: bool = False,
 ) -> xr.Dataset:
     """Every output map of the U-Net for every frame (lazy).
 
@@ -509,6 +539,11 @@ def predict_maps(
         Tile side and overlap (px, after rescaling). None: whole frames up to
         2048 px, else 1024-px tiles overlapping by a quarter (blended over
         the middle third of each overlap, see :mod:`._tiling`).
+    tta : bool
+        Test-time augmentation: average the maps of the eight rotated and flipped
+        copies of each frame. Eight times the forward passes; on the held-out
+        simulated sets (16 images each) mean IoU 0.764 -> 0.770 and object F1
+        0.757 -> 0.772 with the default model (README).
 
     Returns
     -------
@@ -574,17 +609,19 @@ def predict_maps(
         precision=precision,
         tile_size=tile_size,
         tile_overlap=tile_overlap,
+        tta=bool(tta),
         dtype=np.float32,
         meta=np.empty((0, 0, 0, 0), np.float32),
         new_axis=1,
         chunks=(data.chunks[0], (n_heads,), data.chunks[1], data.chunks[2]),
-        name=f"lptem-unet-{dask.base.tokenize(tok, batch_size, device, precision, tile_size, tile_overlap)}",
+        name=f"lptem-unet-{dask.base.tokenize(tok, batch_size, device, precision, tile_size, tile_overlap, bool(tta))}",
     )
     attrs = {
         "model_sha256": spec.sha256,
         "polarity": polarity,
         "particle_size_px": "auto" if particle_size_px is None else float(particle_size_px),
         "model_particle_size_px": train_size if train_size is not None else "none",
+        "tta": int(bool(tta)),
         "units": "1",
     }
     coords = {k: v for k, v in video.coords.items()}
@@ -624,6 +661,7 @@ def predict_probability(
     precision: str = "auto",
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    tta: bool = False,
 ) -> xr.DataArray:
     """Per-pixel particle probability for every frame (lazy).
 
@@ -653,6 +691,7 @@ def predict_probability(
         precision=precision,
         tile_size=tile_size,
         tile_overlap=tile_overlap,
+        tta=tta,
     )
     prob = ds["probability"].rename("probability")
     prob.attrs["history"] = ds.attrs["history"]
@@ -681,7 +720,7 @@ def segment(
         Probability threshold.
     **kwargs
         Passed to :func:`predict_maps` (``batch_size``, ``device``,
-        ``precision``, ``tile_size``, ``tile_overlap``) or to ``label_frames``
+        ``precision``, ``tile_size``, ``tile_overlap``, ``tta``) or to ``label_frames``
         (any other keyword, e.g. ``min_area_px``).
 
     Returns
@@ -691,7 +730,7 @@ def segment(
     """
     from .postprocess import label_frames
 
-    map_keys = {"batch_size", "device", "precision", "tile_size", "tile_overlap"}
+    map_keys = {"batch_size", "device", "precision", "tile_size", "tile_overlap", "tta"}
     map_kw = {k: v for k, v in kwargs.items() if k in map_keys}
     label_kw = {k: v for k, v in kwargs.items() if k not in map_keys}
     maps = predict_maps(
