@@ -31,7 +31,7 @@ from _common import save_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(name: str, seed: int) -> dict:
+def run_one(name: str, seed: int, *, model: str = "default", tta: bool = False) -> dict:
     import lptem_dask as lp
     from lptem_dask.analysis.etching import analyze_etching
     from lptem_dask.measure import measure_contours
@@ -41,7 +41,7 @@ def run_one(name: str, seed: int) -> dict:
     t0 = time.perf_counter()
     video, _ = simulate_etching_video(cfg, seed=seed)
     maps = lp.predict_maps(
-        video, model="default", particle_size_px=cfg.diameter_nm / cfg.pixel_size_nm
+        video, model=model, particle_size_px=cfg.diameter_nm / cfg.pixel_size_nm, tta=tta
     )
     labels = lp.label_frames(maps)
     contours = measure_contours(
@@ -96,12 +96,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["staged", "b_zero"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    ap.add_argument("--model", default="default", help="shipped model name or checkpoint")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 symmetries)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "etching_e2e.json"))
     args = ap.parse_args()
     runs = []
     for name in args.configs:
         for seed in args.seeds:
-            r = run_one(name, seed)
+            r = run_one(name, seed, model=args.model, tta=args.tta)
             runs.append(r)
             rates = "; ".join(
                 f"a {s['a_nm_per_s']:.3f} (truth {t['a_nm_per_s']:g}), "
