@@ -344,6 +344,28 @@ def _chunk_outputs_exist(store: Path, stage: str, chunk: int, map_vars: Sequence
     raise ValueError(stage)  # pragma: no cover
 
 
+def _check_video_store(store: Path) -> None:
+    """Refuse to write into a Zarr store whose ``image`` is not a video (frame, y, x).
+
+    A training set written by ``lptem simulate`` holds an ``image`` of (index, y, x)
+    beside its ground truth (``labels``, ``boundary``, ``mask``); processing it in place
+    would replace that truth with the pipeline's own arrays of the same names.
+    """
+    import xarray as xr
+
+    try:
+        dims = xr.open_zarr(store, consolidated=False)[IMAGE].dims
+    except Exception:  # noqa: BLE001 - not readable this way: open_video reports it
+        return
+    if tuple(dims) != ("frame", "y", "x"):
+        raise InputError(
+            f"store {str(store)!r} is not a video store: its `{IMAGE}` has dims {tuple(dims)}, "
+            "not ('frame', 'y', 'x') (a training set written by `lptem simulate`?); the "
+            "pipeline would overwrite its arrays. Give an output store elsewhere (`--out` "
+            "or `output_dir`), or ingest the frames first with `lptem ingest`"
+        )
+
+
 def plan_video(
     source: Path,
     store: Path,
@@ -361,6 +383,8 @@ def plan_video(
     if video.sizes["frame"] == 0:
         raise InputError(f"video {str(source)!r} has no frames; check the file")
     in_place = source.resolve() == store.resolve()
+    if in_place:
+        _check_video_store(store)  # before anything in it is invalidated or overwritten
     hashes = stage_hashes(config, store / IMAGE if in_place else source)
     upto = ALL_STAGES[: ALL_STAGES.index(until) + 1]
     if overwrite and not in_place:

@@ -445,3 +445,24 @@ def test_test_time_augmentation_changes_the_maps_stage_only_when_on(tmp_path):
         assert on[st] != off[st]
     cfg = PipelineConfig(videos=[str(src)], segment={"tta": True})
     assert pipeline._maps_kwargs(cfg)["tta"] is True
+
+
+def test_a_training_set_is_never_processed_in_place(tmp_path):
+    """`lptem segment train.zarr` on a store from `lptem simulate` (image (index, y, x)
+    beside its truth `labels` and `boundary`) is refused before anything is written."""
+    import xarray as xr
+
+    from lptem_dask import pipeline
+    from lptem_dask.config import PipelineConfig
+    from lptem_dask.errors import InputError
+    from lptem_dask.simulate import write_training_set
+
+    store = write_training_set(tmp_path / "train.zarr", 2, "spheres", seed=3, progress=False)
+    before = xr.open_zarr(store, consolidated=False).load()
+    cfg = PipelineConfig(videos=[str(store)])
+    with pytest.raises(InputError, match="not a video store.*--out"):
+        pipeline.plan_video(store, store, cfg)
+    after = xr.open_zarr(store, consolidated=False).load()
+    assert sorted(after.data_vars) == sorted(before.data_vars)
+    for name in ("labels", "boundary", "image"):
+        np.testing.assert_array_equal(after[name].values, before[name].values)
