@@ -155,15 +155,12 @@ def _file_fingerprint(path: Path) -> dict:
 
 
 def _model_fingerprint(model: str) -> str:
-    from .models import SHIPPED_MODELS
+    from .models import SHIPPED_MODELS, shipped_model_paths
 
     if model in SHIPPED_MODELS:
-        from importlib import resources
-
         try:
-            ref = resources.files("lptem_dask.models") / f"{model}.safetensors"
-            data = ref.read_bytes()
-        except (FileNotFoundError, OSError):
+            data = shipped_model_paths(model)[0].read_bytes()
+        except OSError:
             return f"{model}:missing"
         return f"{model}:" + hashlib.sha256(data).hexdigest()[:16]
     p = Path(model)

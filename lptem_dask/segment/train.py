@@ -117,9 +117,7 @@ class DataConfig(StageConfig):
         if self.extra and self.source != "simulate":
             raise ValueError("extra simulator presets need source 'simulate'")
         for e in self.extra:
-            if e.train_seed in (self.val_seed,) or (
-                e.val_seed is not None and e.val_seed in (self.train_seed,)
-            ):
+            if e.train_seed == self.val_seed or e.val_seed == self.train_seed:
                 raise ValueError(
                     f"extra preset {e.simulation}: its seeds must not be the main set's "
                     "other seed (validation images must never be training images)"
