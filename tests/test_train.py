@@ -96,6 +96,21 @@ def test_tiny_training_run_learns_discs(tmp_path):
         train(cfg, tmp_path, progress=False, sources=(train_src, val_src))
 
 
+def test_cosine_schedule_anneals_the_learning_rate_to_zero(tmp_path):
+    cfg = tiny_config(epochs=3, steps_per_epoch=4, lr=2e-3, lr_schedule="cosine")
+    path = train(
+        cfg, tmp_path, progress=False, sources=(disc_source(8, seed=1), disc_source(2, seed=2))
+    )
+    history = json.loads(path.with_suffix(".json").read_text())["metrics"]["history"]
+    lrs = [h["lr"] for h in history]
+    # after epoch e the rate is lr (1 + cos(pi (e+1)/3)) / 2: 1.5e-3, 0.5e-3, then 0
+    assert lrs == pytest.approx([1.5e-3, 0.5e-3, 0.0], abs=1e-9)
+    # the default halves the rate only when the validation loss stalls
+    assert tiny_config().lr_schedule == "plateau"
+    with pytest.raises(ValueError, match="lr_schedule"):
+        tiny_config(lr_schedule="linear")
+
+
 def test_finetune_on_a_folder_of_labelled_frames(tmp_path):
     import imageio.v3 as iio
 

@@ -169,6 +169,13 @@ class TrainConfig(StageConfig):
     steps_per_epoch: int = Field(default=50, ge=1)
     max_time_s: float | None = Field(default=3600.0, gt=0)
     lr: float = Field(default=1e-3, gt=0)
+    lr_schedule: Literal["plateau", "cosine"] = Field(
+        default="plateau",
+        description=(
+            "'plateau': halve the learning rate when the validation loss stalls; "
+            "'cosine': anneal it from lr to 0 over epochs x steps_per_epoch steps"
+        ),
+    )
     weight_decay: float = Field(default=1e-4, ge=0)
     patience: int = Field(default=10, ge=1, description="epochs without val-loss improvement")
     min_delta: float = Field(default=1e-4, ge=0)
@@ -459,9 +466,16 @@ def train(
         persistent_workers=config.num_workers > 0,
     )
     opt = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=0.5, patience=max(1, config.patience // 3)
-    )
+    sched: Any
+    if config.lr_schedule == "cosine":
+        # stepped once per batch: the rate reaches 0 at the last step of the last epoch
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=config.epochs * config.steps_per_epoch
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.5, patience=max(1, config.patience // 3)
+        )
     use_amp = device.type == "cuda"
 
     t0 = time.perf_counter()
@@ -486,6 +500,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if config.lr_schedule == "cosine":
+                sched.step()
             run_loss += loss.item()
             n_b += 1
             if progress:
@@ -499,7 +515,9 @@ def train(
         metrics["epoch"] = epoch
         metrics["time_s"] = time.perf_counter() - t0
         history.append(metrics)
-        sched.step(metrics["loss"])
+        metrics["lr"] = float(opt.param_groups[0]["lr"])
+        if config.lr_schedule == "plateau":
+            sched.step(metrics["loss"])
         logger.info("epoch %d: %s", epoch, metrics)
         if metrics["loss"] < best["loss"] - config.min_delta:
             best = dict(metrics)
