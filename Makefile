@@ -36,9 +36,8 @@ bench: $(STAMP)
 # "rods" model from it in 40 min more (see the configs)
 model: $(STAMP)
 	$(VENV)/bin/lptem train configs/train/default_stage1.yaml --out lptem_dask/models --name default
-	$(VENV)/bin/lptem train configs/train/default_stage2.yaml --out lptem_dask/models --name default
-	$(VENV)/bin/lptem train configs/train/rods.yaml --out lptem_dask/models --name rods
 	$(VENV)/bin/lptem train configs/train/default.yaml --out lptem_dask/models --name default
+	$(VENV)/bin/lptem train configs/train/rods.yaml --out lptem_dask/models --name rods
 
 clean-venv:
 	rm -rf $(VENV)
