@@ -583,7 +583,7 @@ def _check_labels(labels: xr.DataArray) -> da.Array:
         raise InputError(f"`labels` must hold integers, got dtype {labels.dtype}")
     data = labels.data
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=("auto", -1, -1))
+        data = da.from_array(np.asarray(data), chunks=("auto", -1, -1), name=False)
     return data.rechunk({1: -1, 2: -1})
 
 
@@ -621,7 +621,7 @@ def _matching(arr: xr.DataArray | None, name: str, labels: xr.DataArray, chunks)
         )
     data = arr.data
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=chunks)
+        data = da.from_array(np.asarray(data), chunks=chunks, name=False)
     return data.rechunk(chunks)
 
 

@@ -306,7 +306,7 @@ def _as_frame_chunked(arr: xr.DataArray, name: str) -> da.Array:
         )
     data = arr.data
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=("auto", -1, -1))
+        data = da.from_array(np.asarray(data), chunks=("auto", -1, -1), name=False)
     return data.rechunk({1: -1, 2: -1})
 
 
