@@ -671,12 +671,12 @@ def _freeze_imported_objects() -> None:
 
     Only in a worker *process* (not a thread of the client's own process). The
     objects alive after the imports (modules, functions, torch's operator
-    registry: millions of them) are never garbage, yet every full collection
+    registry: about 400,000 of them) are never garbage, yet every full collection
     traverses them, and so does the interpreter when the worker exits at the end
     of a run. :func:`gc.freeze` takes them out of the collector's way: measured
     on 2 cores, a process that had imported ``TASK_MODULES`` took 0.98 s to exit,
     0.18 s after ``gc.freeze()``. No ``gc.collect()`` first: a full collection of
-    those 400,000 objects takes 0.19 s, on the path to the first chunk task, to
+    those objects takes 0.19 s, on the path to the first chunk task, to
     free the little cyclic garbage importing leaves (kept until exit instead).
     """
     import gc
