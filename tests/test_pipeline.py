@@ -363,7 +363,7 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
     """One warm-up task per worker imports torch & co; it runs there, and only there."""
     import sys
 
-    from lptem_dask.pipeline import TASK_MODULES, _await_warm_up, _warm_workers
+    from lptem_dask.pipeline import CHUNK_MODULES, _await_warm_up, _warm_workers
 
     futures = _warm_workers(client)
     _await_warm_up(futures)  # what run_videos does before it submits anything else
@@ -374,8 +374,41 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
     assert all(s >= 0.0 for s in seconds)
     who = client.who_has(futures)
     assert {w for ws in who.values() for w in ws} == workers
-    loaded = client.run(lambda: [m in sys.modules for m in TASK_MODULES])
+    loaded = client.run(lambda: [m in sys.modules for m in CHUNK_MODULES])
     assert all(all(v) for v in loaded.values())
+
+
+def test_the_late_warm_up_waits_for_its_future_and_yields_to_other_tasks(client):
+    """The imports of linking & co start after the first chunk task, behind ready tasks."""
+    import time
+
+    from distributed import get_task_stream
+
+    from lptem_dask.pipeline import TASK_MODULES, _warm_workers
+
+    def pause(seconds, _dep=None):
+        time.sleep(seconds)
+        return seconds
+
+    worker = next(iter(client.scheduler_info()["workers"]))
+    pin = dict(workers=[worker], allow_other_workers=False, pure=False)
+    with get_task_stream(client) as stream:
+        first = client.submit(pause, 0.5, **pin)
+        late = _warm_workers(client, TASK_MODULES, after=first, priority=-100)
+        # submitted later, at the default priority: ready at the same moment, run first
+        others = [client.submit(pause, 0.2, first, **pin) for _ in range(4)]
+        client.gather([*others, *late])
+    start = {}
+    stop = {}
+    where = {}
+    for t in stream.data:
+        (ss,) = [x for x in t["startstops"] if x["action"] == "compute"]
+        start[t["key"]], stop[t["key"]], where[t["key"]] = ss["start"], ss["stop"], t["worker"]
+    (mine,) = [f.key for f in late if where[f.key] == worker]
+    assert len(late) == 2
+    for f in late:
+        assert start[f.key] >= stop[first.key]
+    assert start[mine] >= max(start[f.key] for f in others)
 
 
 def test_tasks_import_one_thread_at_a_time(tmp_path, monkeypatch):
