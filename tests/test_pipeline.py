@@ -381,6 +381,7 @@ def test_workers_import_the_chunk_modules_while_the_client_plans(client):
 def test_the_late_warm_up_waits_for_its_future_and_yields_to_other_tasks(client):
     """The imports of linking & co start after the first chunk task, behind ready tasks."""
     import time
+    import uuid
 
     from distributed import get_task_stream
 
@@ -393,10 +394,16 @@ def test_the_late_warm_up_waits_for_its_future_and_yields_to_other_tasks(client)
     worker = next(iter(client.scheduler_info()["workers"]))
     pin = dict(workers=[worker], allow_other_workers=False, pure=False)
     with get_task_stream(client) as stream:
-        first = client.submit(pause, 0.5, **pin)
+        first = client.submit(pause, 1.0, **pin)
+        # as in run_videos: the chunk tasks first, then the late imports at the lowest
+        # priority; all become ready when `first` ends, and the others go first
+        # (each its own task group: Dask holds back a large group of similar tasks on the
+        # scheduler, "root-ish" queuing, and then the worker would see too few of them)
+        others = [
+            client.submit(pause, 0.2, first, key=f"other{i}-{uuid.uuid4().hex}", **pin)
+            for i in range(4)
+        ]
         late = _warm_workers(client, TASK_MODULES, after=first, priority=-100)
-        # submitted later, at the default priority: ready at the same moment, run first
-        others = [client.submit(pause, 0.2, first, **pin) for _ in range(4)]
         client.gather([*others, *late])
     start = {}
     stop = {}
