@@ -1266,11 +1266,11 @@ def run_videos(
                         owner[f.key] = str(plan.store)
             # what linking, the analyses and the report import (1.8 s on 2 cores), off
             # the path to the first chunk task: at the lowest priority, so it runs when a
-            # worker thread has no chunk task left, and after the first chunk task, whose
-            # own lazy imports (scikit-image's submodules, ...) are then done: no import
-            # of this process runs beside another one
+            # worker thread has no chunk task ready, and after the first chunk task, whose
+            # own lazy imports (scikit-image's submodules, ...) are then done, so no chunk
+            # task imports beside it; only for runs with a per-video stage to do
             first = next((f for st in CHUNK_STAGES for f in all_futs[st]), None)
-            if first is not None:
+            if first is not None and any(plan.video_todo for plan in plans):
                 warm += _warm_workers(client, TASK_MODULES, after=first, priority=-100)
             bars = _progress_bars(all_futs, enabled=progress)
             every = list({f.key: f for fl in all_futs.values() for f in fl}.values())
