@@ -163,27 +163,27 @@ class _Up(nn.Module):
         if self.mode == "transpose":
             return F.relu(self.conv(x))
         # The paper's layer is: nearest x2 upsampling, Keras padding="same" for an even
-        # kernel (no padding before, one row/column after), 2x2 convolution. Computed
-        # here without the upsampled copy: each of the four output parities is a 2x2
-        # convolution of the input itself with summed taps; one convolution with 4x
-        # the channels and a pixel shuffle give the same numbers (to float rounding)
-        # with the same FLOPs and the same weights, about 10% faster per frame on CPU.
+        # kernel (no padding before, one row/column after), 2x2 convolution. Along each
+        # axis an even output row 2i reads input row i through both taps (w0 + w1) and
+        # an odd row 2i+1 reads row i through w0 and row i+1 (zero past the edge)
+        # through w1: a stride-2 transposed convolution with the 3-tap kernel
+        # (w1, w0 + w1, w0), padding 1 and output padding 1. Computed that way, with
+        # the same weights and the same numbers (to float rounding, tested against
+        # the literal form including gradients), it never builds the upsampled and
+        # padded tensor, does 9 instead of 16 multiply-adds per input pixel and
+        # channel pair, and writes its output in the input's memory layout: on one
+        # CPU thread the U-Net's four upsampling layers (with their concatenations)
+        # went from 88 to 27 ms per 512x512 frame against the previous form (a 2x2
+        # convolution to 4x the channels and a pixel shuffle).
         conv = self.conv
         assert isinstance(conv, nn.Conv2d)
-        w = conv.weight
-        taps = _PARITY_TAPS.to(dtype=w.dtype, device=w.device)
-        w4 = torch.einsum("aiy,bjx,ocyx->oabcij", taps, taps, w).reshape(
-            w.shape[0] * 4, w.shape[1], 2, 2
-        )
-        b4 = None if conv.bias is None else conv.bias.repeat_interleave(4)
-        y = F.relu(F.conv2d(F.pad(x, (0, 1, 0, 1)), w4, b4), inplace=True)  # (n, 4c, h, w)
-        if not y.is_contiguous(memory_format=torch.channels_last):
-            return F.pixel_shuffle(y, 2)
-        # pixel shuffle that keeps the channels-last layout (no transposing copies
-        # at the skip concatenation that follows)
-        n, c4, h, wd = y.shape
-        nhwc = _shuffled_nhwc(y)
-        return nhwc.reshape(n, 2 * h, 2 * wd, c4 // 4).permute(0, 3, 1, 2)
+        w = conv.weight  # (out, in, 2, 2)
+        taps = _TRANSPOSED_TAPS.to(dtype=w.dtype, device=w.device)
+        w3 = torch.einsum("ky,lx,oiyx->iokl", taps, taps, w)  # (in, out, 3, 3)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            w3 = w3.contiguous(memory_format=torch.channels_last)
+        y = F.conv_transpose2d(x, w3, conv.bias, stride=2, padding=1, output_padding=1)
+        return F.relu(y, inplace=True)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The paper's formulation, literally (upsample, pad, conv); for tests."""
@@ -194,15 +194,9 @@ class _Up(nn.Module):
         return F.relu(self.conv(x))
 
 
-def _shuffled_nhwc(y: torch.Tensor) -> torch.Tensor:
-    """View of a channels-last ``(n, 4c, h, w)`` tensor as ``(n, h, 2, w, 2, c)``."""
-    n, c4, h, wd = y.shape
-    return y.permute(0, 2, 3, 1).reshape(n, h, wd, c4 // 4, 2, 2).permute(0, 1, 4, 2, 5, 3)
-
-
-# _PARITY_TAPS[a, i, d]: for output row parity a, tap d of the 2x2 kernel over the
-# upsampled image reads input row offset i
-_PARITY_TAPS = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+# _TRANSPOSED_TAPS[k, d]: weight of tap d of the paper's 2x2 kernel in tap k of the
+# equivalent 3-tap stride-2 transposed convolution (see _Up.forward)
+_TRANSPOSED_TAPS = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
 
 
 class UNet(nn.Module):
