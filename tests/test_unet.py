@@ -78,12 +78,20 @@ def test_bad_configs_raise_config_error():
         UNetConfig(heads=("boundary",))
 
 
-def test_upsampling_layer_equals_the_papers_upsample_pad_conv():
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_upsampling_layer_equals_the_papers_upsample_pad_conv(fmt):
+    """The transposed-convolution form equals nearest x2 + pad + 2x2 convolution,
+    in both memory layouts, for inference and for training (gradients)."""
     from lptem_dask.segment.unet import _Up
 
     torch.manual_seed(0)
-    up = _Up(6, 3, "upsample_conv2")
-    x = torch.randn(2, 6, 8, 12, requires_grad=True)
+    up = _Up(6, 3, "upsample_conv2").to(memory_format=fmt)
+    x0 = torch.randn(2, 6, 8, 12).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        fast_inf, ref_inf = up(x0), up.reference_forward(x0)
+    assert fast_inf.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(fast_inf, ref_inf, atol=1e-5, rtol=1e-5)
+    x = x0.clone().requires_grad_(True)
     fast, ref = up(x), up.reference_forward(x)
     assert fast.shape == ref.shape == (2, 3, 16, 24)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
