@@ -102,6 +102,34 @@ def test_upsampling_layer_equals_the_papers_upsample_pad_conv(fmt):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_upsampling_kernel_kept_for_inference_follows_weight_changes():
+    """The transposed kernel is built once for inference, and rebuilt when the
+    weights change in place (load_state_dict) or are replaced (.to())."""
+    from lptem_dask.segment.unet import _Up
+
+    torch.manual_seed(2)
+    up = _Up(4, 2, "upsample_conv2")
+    x = torch.randn(1, 4, 6, 6)
+    with torch.inference_mode():
+        first = up(x)
+        kernel = up._w3_cache[2]
+        torch.testing.assert_close(up(x), first)
+        assert up._w3_cache[2] is kernel  # reused, not rebuilt
+    other = _Up(4, 2, "upsample_conv2")
+    up.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(up(x), other.reference_forward(x), atol=1e-5, rtol=1e-5)
+    up = up.to(torch.float64)
+    with torch.inference_mode():
+        out = up(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, up.reference_forward(x.double()))
+    with torch.enable_grad():  # training never uses (nor fills) the kept kernel
+        x_g = x.double().requires_grad_(True)
+        up(x_g).sum().backward()
+    assert x_g.grad is not None
+
+
 def test_inference_fast_paths_equal_the_training_forward():
     """Under inference_mode the U-Net computes its 1x1 head as a matrix product; it
     must give the numbers of the plain (autograd) forward, channels-last or not."""
