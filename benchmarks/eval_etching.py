@@ -31,7 +31,9 @@ from _common import save_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(name: str, seed: int, *, model: str = "default", tta: bool = False) -> dict:
+def run_one(
+    name: str, seed: int, *, model: str = "default", tta: bool = False, native: bool = False
+) -> dict:
     import lptem_dask as lp
     from lptem_dask.analysis.etching import analyze_etching
     from lptem_dask.measure import measure_contours
@@ -40,9 +42,14 @@ def run_one(name: str, seed: int, *, model: str = "default", tta: bool = False) 
     cfg = load_etching_config(ROOT / "configs" / "etching" / f"{name}.yaml")
     t0 = time.perf_counter()
     video, _ = simulate_etching_video(cfg, seed=seed)
-    maps = lp.predict_maps(
-        video, model=model, particle_size_px=cfg.diameter_nm / cfg.pixel_size_nm, tta=tta
-    )
+    if native:  # no rescaling: the particle size the model was trained at
+        from lptem_dask.models import load_model
+
+        size = load_model(model)[1]["particle_size_px"]
+        size_px = float(size["median"] if isinstance(size, dict) else size)
+    else:
+        size_px = cfg.diameter_nm / cfg.pixel_size_nm
+    maps = lp.predict_maps(video, model=model, particle_size_px=size_px, tta=tta)
     labels = lp.label_frames(maps)
     contours = measure_contours(
         labels, probability=maps["probability"], pixel_size_nm=cfg.pixel_size_nm
@@ -98,12 +105,18 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     ap.add_argument("--model", default="default", help="shipped model name or checkpoint")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 symmetries)")
+    ap.add_argument(
+        "--native",
+        action="store_true",
+        help="do not rescale the frames (for a model trained at the videos' pixel size, "
+        "such as configs/train/etching.yaml's); default: particle_size_px = rod diameter",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "etching_e2e.json"))
     args = ap.parse_args()
     runs = []
     for name in args.configs:
         for seed in args.seeds:
-            r = run_one(name, seed, model=args.model, tta=args.tta)
+            r = run_one(name, seed, model=args.model, tta=args.tta, native=args.native)
             runs.append(r)
             rates = "; ".join(
                 f"a {s['a_nm_per_s']:.3f} (truth {t['a_nm_per_s']:g}), "
