@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from scipy.integrate import solve_ivp
 
 from lptem_dask.analysis.etching import (
     analyze_etching,
+    assign_particles,
     detect_stages,
     fit_velocity_law,
     huber_fit,
@@ -138,7 +140,6 @@ def test_truth_b_zero():
 
 def test_velocity_sign_and_scale_on_known_offset():
     # two concentric circles 0.3 nm apart, 1 s: v_n = 0.3 everywhere, kappa = 1/R
-    import pandas as pd
 
     rows = []
     for f, R in enumerate([8.0, 7.7]):
@@ -206,9 +207,10 @@ def test_rendered_truth_labels_b_zero_ci(seed):
 @pytest.mark.skipif(not MODEL.exists(), reason=f"default U-Net model {MODEL} not trained yet")
 @pytest.mark.xfail(
     strict=True,
-    reason="the #7 etching rates are not met through the shipped U-Net: stage 1's a is "
-    "12-22% high and its b 13-17% low in every seed (benchmarks/eval_etching.py; the stage "
-    "times are met); on the truth labels the same analysis passes (test_rendered_truth_*)",
+    reason="the #7 etching rates are not met through the shipped U-Net: with the "
+    "errors-in-variables correction stage 1 is met, but not stages 2 and 3 (stage 2's b 31-44% high) in the "
+    "seeds whose stages are found (benchmarks/eval_etching.py, results/etching_e2e_eiv.json); "
+    "on the truth labels the same analysis passes (test_rendered_truth_*)",
 )
 def test_end_to_end_unet_staged():  # pragma: no cover - needs the trained model
     import lptem_dask as lp
@@ -245,3 +247,56 @@ def test_run_etching_store(tmp_path):
     assert abs(res["stage_change_frames"][0] - 12.5) <= 3
     with pytest.raises(OutputExistsError):
         run_etching(store, frame_interval_s=cfg.frame_interval_s)
+
+
+def _noisy_outlines(contours, amp_nm: float, seed: int):
+    """Each outline displaced along its normal by smooth noise of ~3-8 nm wavelength."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, g in contours.groupby(["frame", "label"], sort=True):
+        g = g.sort_values("point").copy()
+        P = g[["y_nm", "x_nm"]].to_numpy()
+        T = np.roll(P, -1, axis=0) - np.roll(P, 1, axis=0)
+        N = np.column_stack([T[:, 1], -T[:, 0]]) / np.hypot(*T.T)[:, None]
+        s = g["arc_length_nm"].to_numpy()
+        perim = s[-1] + np.hypot(*(P[0] - P[-1]))
+        d = np.zeros(len(g))
+        for k in range(int(perim / 8.0), int(perim / 3.0) + 1):
+            d += rng.normal() * np.cos(2 * np.pi * k * s / perim + rng.uniform(0, 2 * np.pi))
+        d *= amp_nm / np.std(d)
+        g[["y_nm", "x_nm"]] = P + d[:, None] * N
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_curvature_noise_attenuation_is_corrected():
+    # errors in variables: noise in the outlines' curvature biases a plain (Huber) fit of
+    # v_n = a + b kappa (b towards 0, a up); the correction estimates the noise from
+    # neighbouring frames and removes the bias
+    cfg = EtchingConfig(
+        n_rods=2,
+        n_frames=16,
+        stages=({"start_s": 0.0, "a_nm_per_s": 0.05, "b_nm2_per_s": 0.8},),
+    )
+    truth = simulate_etching(cfg, seed=0)
+    clean = normal_velocities(
+        assign_particles(truth_contours(truth)), frame_interval_s=cfg.frame_interval_s
+    )
+    noisy_c = assign_particles(_noisy_outlines(truth_contours(truth), 0.06, seed=1))
+    noisy = normal_velocities(noisy_c, frame_interval_s=cfg.frame_interval_s)
+    # the residuals measure the injected noise, not the exact outlines' change in time
+    rc = clean["curvature_residual_per_nm"].dropna()
+    rn = noisy["curvature_residual_per_nm"].dropna()
+    assert len(rn) > 1000 and np.std(rc) < 0.2 * np.std(rn)
+    plain = fit_velocity_law(noisy, n_boot=30, errors_in_variables=False)
+    fixed = fit_velocity_law(noisy, n_boot=30)
+    exact = fit_velocity_law(clean, n_boot=30)
+    assert plain["b_nm2_per_s"] < 0.85 * 0.8  # attenuated
+    assert fixed["curvature_reliability"] < 0.85
+    assert fixed["b_nm2_per_s"] == pytest.approx(0.8, rel=0.06)
+    assert fixed["a_nm_per_s"] == pytest.approx(0.05, rel=0.1)
+    assert fixed["b_ci95"][0] < 0.8 < fixed["b_ci95"][1]
+    assert fixed["b_uncorrected_nm2_per_s"] == pytest.approx(plain["b_nm2_per_s"])
+    # on exact outlines the correction changes next to nothing
+    assert exact["curvature_reliability"] > 0.97
+    assert exact["b_nm2_per_s"] == pytest.approx(0.8, rel=0.03)

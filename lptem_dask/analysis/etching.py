@@ -272,8 +272,11 @@ def normal_velocities(
         ``frame`` (start of the interval), ``time_s`` (mid-interval),
         ``particle``, ``point`` (index on the resampled outline), ``y_nm``,
         ``x_nm``, ``curvature_per_nm``
-        (mean of both ends), ``displacement_nm`` (inward positive),
-        ``v_nm_per_s``.
+        (mean of both ends), ``curvature_residual_per_nm`` (the point's
+        curvature minus the mean curvature at its images on the previous and
+        the next outline: measurement noise, with a linear change in time
+        cancelled; NaN on a particle's first outline), ``displacement_nm``
+        (inward positive), ``v_nm_per_s``.
     """
     if frame_interval_s <= 0:
         raise InputError(f"`frame_interval_s` must be > 0, got {frame_interval_s}")
@@ -282,15 +285,29 @@ def normal_velocities(
         (_i(k[0]), _i(k[1])): g.sort_values("point")  # type: ignore[index]
         for k, g in contours.groupby(["particle", "frame"], sort=True)
     }
+    smoothed: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def outline(key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        if key not in smoothed:
+            X = _ccw_screen(groups[key][["y_nm", "x_nm"]].to_numpy(np.float64))
+            smoothed[key] = _smooth_outline(X, smooth_nm)
+        return smoothed[key]
+
     for (p, f), gA in groups.items():
         gB = groups.get((p, f + 1))
         if gB is None or len(gA) < 8 or len(gB) < 8:
             continue
-        XA = _ccw_screen(gA[["y_nm", "x_nm"]].to_numpy(np.float64))
-        XB = _ccw_screen(gB[["y_nm", "x_nm"]].to_numpy(np.float64))
-        XA, kA = _smooth_outline(XA, smooth_nm)
-        XB, kB = _smooth_outline(XB, smooth_nm)
+        XA, kA = outline((p, f))
+        XB, kB = outline((p, f + 1))
         disp, kb = _project(XA, XB, kB, max_displacement_nm)
+        # curvature noise: kappa at a point minus the mean of kappa at its images on
+        # the previous and the next outline (a linear trend in time cancels)
+        resid = np.full(len(XA), np.nan)
+        gP = groups.get((p, f - 1))
+        if gP is not None and len(gP) >= 8:
+            XP, kP = outline((p, f - 1))
+            dP, kp = _project(XA, XP, kP, max_displacement_nm)
+            resid = np.where(np.isfinite(dP) & np.isfinite(disp), kA - 0.5 * (kp + kb), np.nan)
         pts = np.arange(len(XA))
         out.append(
             pd.DataFrame(
@@ -302,6 +319,7 @@ def normal_velocities(
                     "y_nm": -XA[:, 1],
                     "x_nm": XA[:, 0],
                     "curvature_per_nm": 0.5 * (kA + kb),
+                    "curvature_residual_per_nm": resid,
                     "displacement_nm": disp,
                     "v_nm_per_s": disp / frame_interval_s,
                 }
@@ -316,6 +334,7 @@ def normal_velocities(
             "y_nm",
             "x_nm",
             "curvature_per_nm",
+            "curvature_residual_per_nm",
             "displacement_nm",
             "v_nm_per_s",
         ]
@@ -388,14 +407,57 @@ def _huber_scale(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
     return 1.4826 * float(np.median(np.abs(r - np.median(r))))
 
 
+RELIABILITY_MIN = 0.5  # below this the attenuation correction is too uncertain to apply fully
+
+
+def _eiv_corrected(
+    x: np.ndarray, y: np.ndarray, resid: np.ndarray | None, *, scale: float | None = None
+) -> tuple[np.ndarray, float, float]:
+    """Huber fit of ``y = a + b x`` corrected for the noise in ``x``; (a, b), lambda, noise SD.
+
+    The noise variance of ``x`` (a mean of two outlines' curvatures) is a third
+    of the (MAD-robust) variance of ``resid`` (one curvature minus the mean of
+    two others). The slope is divided by the reliability ratio
+    ``lambda = 1 - var_noise / var(x)`` (clipped at :data:`RELIABILITY_MIN`) and
+    the intercept moved to keep the fit through the mean (Fuller 1987, sec. 1.1).
+    Without residuals the fit is returned uncorrected (lambda 1, noise SD NaN).
+    """
+    a, b = huber_fit(x, y, scale=scale, n_iter=20 if scale is not None else 50)
+    if resid is None:
+        return np.array([a, b]), 1.0, float("nan")
+    r = resid[np.isfinite(resid)]
+    if len(r) < 20:
+        return np.array([a, b]), 1.0, float("nan")
+    s_r = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    var_u = s_r * s_r / 3.0
+    var_x = float(np.var(x))
+    if var_x <= 0:
+        return np.array([a, b]), 1.0, float(np.sqrt(var_u))
+    lam = max(1.0 - var_u / var_x, RELIABILITY_MIN)
+    b_c = b / lam
+    a_c = a - (b_c - b) * float(np.mean(x))
+    return np.array([a_c, b_c]), float(lam), float(np.sqrt(var_u))
+
+
 def fit_velocity_law(
     vel: pd.DataFrame,
     *,
     n_boot: int = 300,
     seed: int = 0,
     cluster: tuple[str, ...] = ("particle", "frame"),
+    errors_in_variables: bool = True,
 ) -> dict[str, Any]:
     """Fit ``v_n = a + b kappa`` with 95% cluster-bootstrap intervals.
+
+    The measured curvature carries noise (pixel-scale wiggles of the outline
+    that the smoothing leaves), which biases an ordinary or Huber fit's slope
+    ``b`` towards 0 by the reliability ratio ``lambda = var(kappa_true) /
+    var(kappa_measured)`` (regression dilution) and its intercept ``a`` up.
+    With ``errors_in_variables`` the noise variance is estimated from the
+    outlines themselves (``curvature_residual_per_nm`` of
+    :func:`normal_velocities`: a point's curvature against its images on the
+    neighbouring frames) and the fit is corrected by the method of moments
+    (Fuller 1987), in every bootstrap resample too.
 
     Parameters
     ----------
@@ -406,24 +468,37 @@ def fit_velocity_law(
     seed : int
     cluster : tuple of str
         Columns defining one cluster (default: one outline interval).
+    errors_in_variables : bool
+        Correct for the curvature's measurement noise (needs the column
+        ``curvature_residual_per_nm``; without it the fit is uncorrected).
 
     Returns
     -------
     dict
         ``a_nm_per_s``, ``b_nm2_per_s``, ``a_ci95``, ``b_ci95``, ``n_points``,
-        ``n_clusters``, ``kappa_range_per_nm``.
+        ``n_clusters``, ``kappa_range_per_nm``; ``curvature_reliability``
+        (lambda, 1 when uncorrected), ``curvature_noise_sd_per_nm``, and the
+        uncorrected fit ``a_uncorrected_nm_per_s``, ``b_uncorrected_nm2_per_s``.
+
+    References
+    ----------
+    Fuller, W. A. Measurement Error Models (Wiley, 1987).
     """
     if len(vel) < 3:
         raise InputError("`vel` needs at least 3 points to fit v_n = a + b kappa")
-    a, b = huber_fit(vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy())
-    sc0 = _huber_scale(
-        vel["curvature_per_nm"].to_numpy(), vel["v_nm_per_s"].to_numpy(), np.array([a, b])
-    )
-    sc = sc0 if sc0 > 1e-15 else None
-    keys = vel.groupby(list(cluster), sort=False).indices
-    groups = list(keys.values())
     x = vel["curvature_per_nm"].to_numpy()
     y = vel["v_nm_per_s"].to_numpy()
+    resid = (
+        vel["curvature_residual_per_nm"].to_numpy()
+        if errors_in_variables and "curvature_residual_per_nm" in vel.columns
+        else None
+    )
+    a0, b0 = huber_fit(x, y)
+    sc0 = _huber_scale(x, y, np.array([a0, b0]))
+    sc = sc0 if sc0 > 1e-15 else None
+    (a, b), lam, noise_sd = _eiv_corrected(x, y, resid)
+    keys = vel.groupby(list(cluster), sort=False).indices
+    groups = list(keys.values())
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
@@ -431,7 +506,9 @@ def fit_velocity_law(
         idx = np.concatenate([groups[i] for i in pick])
         if np.ptp(x[idx]) <= 0:
             continue
-        boots.append(huber_fit(x[idx], y[idx], scale=sc, n_iter=20))
+        boots.append(
+            _eiv_corrected(x[idx], y[idx], None if resid is None else resid[idx], scale=sc)[0]
+        )
     B = np.array(boots) if boots else np.full((1, 2), np.nan)
     lo, hi = np.nanpercentile(B, [2.5, 97.5], axis=0)
     return {
@@ -444,6 +521,10 @@ def fit_velocity_law(
         "n_points": int(len(vel)),
         "n_clusters": int(len(groups)),
         "kappa_range_per_nm": [float(np.min(x)), float(np.max(x))],
+        "curvature_reliability": lam,
+        "curvature_noise_sd_per_nm": noise_sd,
+        "a_uncorrected_nm_per_s": float(a0),
+        "b_uncorrected_nm2_per_s": float(b0),
     }
 
 
