@@ -16,6 +16,8 @@ Usage::
 
     .venv/bin/python benchmarks/eval_etching.py                       # staged, b_zero; seeds 0-3
     .venv/bin/python benchmarks/eval_etching.py --configs staged --seeds 0
+    # the etching model (make etching-model), at the videos' own scale
+    .venv/bin/python benchmarks/eval_etching.py --model benchmarks/models/etching.safetensors --native
 
 Writes ``benchmarks/results/etching_e2e.json`` (``--out``).
 """
