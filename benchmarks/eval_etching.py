@@ -34,7 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_one(
-    name: str, seed: int, *, model: str = "default", tta: bool = False, native: bool = False
+    name: str,
+    seed: int,
+    *,
+    model: str = "default",
+    tta: bool = False,
+    particle_size_px: float | None = None,
 ) -> dict:
     import lptem_dask as lp
     from lptem_dask.analysis.etching import analyze_etching
@@ -44,13 +49,7 @@ def run_one(
     cfg = load_etching_config(ROOT / "configs" / "etching" / f"{name}.yaml")
     t0 = time.perf_counter()
     video, _ = simulate_etching_video(cfg, seed=seed)
-    if native:  # no rescaling: the particle size the model was trained at
-        from lptem_dask.models import load_model
-
-        size = load_model(model)[1]["particle_size_px"]
-        size_px = float(size["median"] if isinstance(size, dict) else size)
-    else:
-        size_px = cfg.diameter_nm / cfg.pixel_size_nm
+    size_px = particle_size_px or cfg.diameter_nm / cfg.pixel_size_nm
     maps = lp.predict_maps(video, model=model, particle_size_px=size_px, tta=tta)
     labels = lp.label_frames(maps)
     contours = measure_contours(
@@ -115,10 +114,16 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "etching_e2e.json"))
     args = ap.parse_args()
+    size_px = None
+    if args.native:  # no rescaling: the particle size the model was trained at
+        from lptem_dask.models import load_model
+        from lptem_dask.segment.infer import _train_size
+
+        size_px = _train_size(load_model(args.model)[1])
     runs = []
     for name in args.configs:
         for seed in args.seeds:
-            r = run_one(name, seed, model=args.model, tta=args.tta, native=args.native)
+            r = run_one(name, seed, model=args.model, tta=args.tta, particle_size_px=size_px)
             runs.append(r)
             rates = "; ".join(
                 f"a {s['a_nm_per_s']:.3f} (truth {t['a_nm_per_s']:g}), "

@@ -410,33 +410,30 @@ def _huber_scale(x: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
 RELIABILITY_MIN = 0.5  # below this the attenuation correction is too uncertain to apply fully
 
 
-def _eiv_corrected(
-    x: np.ndarray, y: np.ndarray, resid: np.ndarray | None, *, scale: float | None = None
-) -> tuple[np.ndarray, float, float]:
-    """Huber fit of ``y = a + b x`` corrected for the noise in ``x``; (a, b), lambda, noise SD.
+def _curvature_reliability(x: np.ndarray, resid: np.ndarray | None) -> tuple[float, float]:
+    """Reliability ratio lambda of the curvatures ``x`` and their noise SD.
 
     The noise variance of ``x`` (a mean of two outlines' curvatures) is a third
     of the (MAD-robust) variance of ``resid`` (one curvature minus the mean of
-    two others). The slope is divided by the reliability ratio
-    ``lambda = 1 - var_noise / var(x)`` (clipped at :data:`RELIABILITY_MIN`) and
-    the intercept moved to keep the fit through the mean (Fuller 1987, sec. 1.1).
-    Without residuals the fit is returned uncorrected (lambda 1, noise SD NaN).
+    two others); ``lambda = 1 - var_noise / var(x)``, clipped at
+    :data:`RELIABILITY_MIN`. Without (enough) residuals: lambda 1, noise SD NaN.
     """
-    a, b = huber_fit(x, y, scale=scale, n_iter=20 if scale is not None else 50)
-    if resid is None:
-        return np.array([a, b]), 1.0, float("nan")
-    r = resid[np.isfinite(resid)]
+    r = resid[np.isfinite(resid)] if resid is not None else np.zeros(0)
     if len(r) < 20:
-        return np.array([a, b]), 1.0, float("nan")
+        return 1.0, float("nan")
     s_r = 1.4826 * float(np.median(np.abs(r - np.median(r))))
     var_u = s_r * s_r / 3.0
     var_x = float(np.var(x))
-    if var_x <= 0:
-        return np.array([a, b]), 1.0, float(np.sqrt(var_u))
-    lam = max(1.0 - var_u / var_x, RELIABILITY_MIN)
+    lam = max(1.0 - var_u / var_x, RELIABILITY_MIN) if var_x > 0 else 1.0
+    return float(lam), float(np.sqrt(var_u))
+
+
+def _eiv_corrected(beta: np.ndarray, x: np.ndarray, lam: float) -> np.ndarray:
+    """Fit (a, b) with the slope divided by ``lam``, still through the mean of ``x``
+    (method of moments, Fuller 1987, sec. 1.1)."""
+    a, b = beta
     b_c = b / lam
-    a_c = a - (b_c - b) * float(np.mean(x))
-    return np.array([a_c, b_c]), float(lam), float(np.sqrt(var_u))
+    return np.array([a - (b_c - b) * float(np.mean(x)), b_c])
 
 
 def fit_velocity_law(
@@ -496,7 +493,8 @@ def fit_velocity_law(
     a0, b0 = huber_fit(x, y)
     sc0 = _huber_scale(x, y, np.array([a0, b0]))
     sc = sc0 if sc0 > 1e-15 else None
-    (a, b), lam, noise_sd = _eiv_corrected(x, y, resid)
+    lam, noise_sd = _curvature_reliability(x, resid)
+    a, b = _eiv_corrected(np.array([a0, b0]), x, lam)
     keys = vel.groupby(list(cluster), sort=False).indices
     groups = list(keys.values())
     rng = np.random.default_rng(seed)
@@ -506,9 +504,9 @@ def fit_velocity_law(
         idx = np.concatenate([groups[i] for i in pick])
         if np.ptp(x[idx]) <= 0:
             continue
-        boots.append(
-            _eiv_corrected(x[idx], y[idx], None if resid is None else resid[idx], scale=sc)[0]
-        )
+        beta = huber_fit(x[idx], y[idx], scale=sc, n_iter=20)
+        lam_i = _curvature_reliability(x[idx], None if resid is None else resid[idx])[0]
+        boots.append(_eiv_corrected(beta, x[idx], lam_i))
     B = np.array(boots) if boots else np.full((1, 2), np.nan)
     lo, hi = np.nanpercentile(B, [2.5, 97.5], axis=0)
     return {
