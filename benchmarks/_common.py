@@ -15,7 +15,11 @@ import psutil
 def tree_rss(proc: psutil.Process) -> int:
     """Resident set size summed over ``proc`` and all its descendants, bytes."""
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    try:
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:  # the process exited between two samples
+        family = [proc]
+    for p in family:
         try:
             total += p.memory_info().rss
         except psutil.Error:
