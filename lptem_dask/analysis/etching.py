@@ -14,12 +14,15 @@ From the outlines of every particle in every frame (a contours table, see
 - the law ``v_n = a + b kappa`` is fitted by Huber-robust regression, with 95%
   intervals from a cluster bootstrap over (particle, frame-interval) outlines
   (points of one outline are correlated);
-- stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; the
-  rate series are segmented by exact dynamic programming into piecewise-
-  constant pieces (equivalently, piecewise-linear etched depth), and the
-  number of breakpoints is chosen by BIC with the noise level estimated from
-  successive differences. ``(a, b)`` are then fitted per stage on the
-  intervals away from the breakpoints.
+- stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; their
+  cumulative sums (the etched depth) are fitted by continuous piecewise-linear
+  functions by generalised least squares, with noise of two kinds estimated
+  from the series: rate noise (white across intervals) and the jitter of each
+  frame's measured outline (white across frames, which makes successive rates
+  anti-correlated). The number of knots is chosen by BIC. ``(a, b)`` are then
+  fitted per stage on the intervals away from the changes. (Until stop 25 the
+  rate series were cut into constant pieces by dynamic programming with white
+  noise, ``method="piecewise_constant"``.)
 
 References
 ----------
@@ -52,6 +55,8 @@ __all__ = [
     "fit_velocity_law",
     "interval_rates",
     "detect_stages",
+    "detect_stages_cumulative",
+    "detect_stages_piecewise_constant",
     "piecewise_linear_fit",
     "analyze_etching",
     "plot_etching",
@@ -564,6 +569,257 @@ def detect_stages(
     max_breakpoints: int = 3,
     min_size: int = 3,
     rel_floor: float = 0.03,
+    method: str = "cumulative",
+    skip_transition: bool = True,
+) -> dict[str, Any]:
+    """Stage changes in per-interval rate series; the number of changes by BIC.
+
+    Parameters
+    ----------
+    series : ndarray, shape (n,) or (n, k)
+        k series of per-frame-interval rates sharing their changes (e.g. ``a``
+        and ``b * kappa_rms``, both nm/s).
+    max_breakpoints : int
+    min_size : int
+        Fewest intervals per stage (the interval holding a change counts to the
+        stage it starts).
+    rel_floor : float
+        Floor of the noise SD, relative to the median of the summed absolute
+        values of the series (noise-free data would otherwise split on any drift).
+    method : {"cumulative", "piecewise_constant"}
+        ``"cumulative"`` (default, :func:`detect_stages_cumulative`): continuous
+        piecewise-linear fits of the cumulative sums (the etched depth), with the
+        noise of a measured outline position (white per frame) and of the rates
+        (white per interval) both modelled. ``"piecewise_constant"``: the rates
+        themselves cut into constant pieces by dynamic programming, their noise
+        taken as white (:func:`detect_stages_piecewise_constant`).
+    skip_transition : bool
+        ``"piecewise_constant"`` only (see there).
+
+    Returns
+    -------
+    dict
+        ``breakpoints`` (indices of the intervals that hold a change; a new stage
+        starts there), ``n_breakpoints``, ``bic`` (by number of breakpoints,
+        0..max), ``sigma`` (per series, SD of a rate's noise), ``method``.
+
+    Examples
+    --------
+    >>> y = np.r_[np.zeros(10), np.ones(10)] + 0.01 * np.random.default_rng(0).standard_normal(20)
+    >>> detect_stages(y)["breakpoints"]
+    [10]
+    """
+    if method == "cumulative":
+        return detect_stages_cumulative(
+            series, max_breakpoints=max_breakpoints, min_size=min_size, rel_floor=rel_floor
+        )
+    if method == "piecewise_constant":
+        return detect_stages_piecewise_constant(
+            series,
+            max_breakpoints=max_breakpoints,
+            min_size=min_size,
+            rel_floor=rel_floor,
+            skip_transition=skip_transition,
+        )
+    raise InputError(
+        f"detect_stages: unknown method {method!r}; use 'cumulative' or 'piecewise_constant'"
+    )
+
+
+def _mad_var(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    if len(x) < 3:
+        return 0.0
+    return float((1.4826 * np.median(np.abs(x - np.median(x)))) ** 2)
+
+
+def _rate_noise_components(r: np.ndarray, floor: float) -> tuple[float, float]:
+    """Variances (rate noise, position noise) of one per-interval rate series.
+
+    Rates ``r_k = (P_{k+1} - P_k) / dt`` of positions ``P`` carrying white jitter
+    of variance ``se2`` (a frame's whole outline off by a little), plus rate noise
+    of variance ``sw2`` white across intervals: the differences ``r_{k+1} - r_k``
+    then have variance ``2 sw2 + 6 se2`` and ``r_{k+2} - r_k`` ``2 sw2 + 4 se2``
+    (robust variances, median absolute deviation: a stage change is one outlier).
+    """
+    v1 = _mad_var(np.diff(r))
+    v2 = _mad_var(r[2:] - r[:-2])
+    se2 = max(0.5 * (v1 - v2), 0.0)
+    sw2 = max(0.5 * (3.0 * v2 - 2.0 * v1), 0.0)
+    if sw2 + 2.0 * se2 < floor**2:
+        sw2 = floor**2 - 2.0 * se2
+    return sw2, se2
+
+
+N_REFINE = 20  # candidate change sets per number of changes whose positions are refined
+DELTA_GRID = np.linspace(0.0, 1.0, 9)  # where inside an interval a change may lie
+
+
+def detect_stages_cumulative(
+    series: np.ndarray,
+    *,
+    max_breakpoints: int = 3,
+    min_size: int = 3,
+    rel_floor: float = 0.03,
+    max_combinations: int = 20000,
+) -> dict[str, Any]:
+    """Stage changes as kinks of the cumulative rates, by generalised least squares.
+
+    The cumulative sum of each rate series (the etched depth, in rate x interval)
+    is fitted by a continuous piecewise-linear function whose knots lie inside the
+    intervals holding a change (where inside, to an eighth of an interval, is
+    fitted too). Its noise has two parts, both
+    estimated from the series (:func:`_rate_noise_components`): a random walk
+    (rate noise, white across intervals) and white jitter of each position (a
+    frame's outline measured a little off; it makes successive rates
+    anti-correlated, which cutting the rates themselves into constant pieces
+    mistakes for changes or misses changes behind). Fits are generalised least
+    squares with that covariance; the intervals holding the knots are found by
+    exhaustive search (knots mid-interval) when there are at most
+    ``max_combinations`` candidate sets per number of knots, else greedily with
+    coordinate-wise refinement; the best sets then get their knots' places inside
+    the intervals fitted; the number of knots minimises BIC
+    (``k (2 + 2 m) + m`` parameters for ``m`` changes and ``k`` series).
+
+    Parameters
+    ----------
+    series : ndarray, shape (n,) or (n, k)
+    max_breakpoints, min_size : int
+    rel_floor : float
+        Floor of the total rate-noise SD relative to the series' median summed
+        absolute value.
+    max_combinations : int
+
+    Returns
+    -------
+    dict
+        As :func:`detect_stages`, plus ``change_positions`` (the knots, in
+        intervals from the first frame), ``rate_noise_sd`` and
+        ``position_noise_sd`` (per series, rate units and rate x interval).
+    """
+    from itertools import combinations
+
+    from scipy.linalg import cholesky, solve_triangular
+
+    Y = np.asarray(series, np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    n, k = Y.shape
+    N = n + 1
+    t = np.arange(N, dtype=np.float64)
+    P = np.vstack([np.zeros(k), np.cumsum(Y, axis=0)])
+    floor = rel_floor * max(float(np.median(np.sum(np.abs(Y), axis=1))), 1e-12)
+    # a change at time f + delta (0 <= delta <= 1, inside interval f): the hinge
+    # max(t - f - delta, 0) at the frames t is ramp_{f+1} + (1 - delta) step_{f+1}
+    ramp = np.maximum(t[:, None] - (np.arange(n) + 1.0)[None, :], 0.0)  # (N, n)
+    step = (t[:, None] >= (np.arange(n) + 1.0)[None, :]).astype(np.float64)
+    base = np.column_stack([np.ones(N), t])
+    comps, whitened = [], []
+    for j in range(k):
+        sw2, se2 = _rate_noise_components(Y[:, j], floor)
+        comps.append((sw2, se2))
+        cov = sw2 * np.minimum.outer(t, t) + se2 * np.eye(N)
+        cov[0, 0] += 1e-12 * floor**2 + 1e-300  # P_0 = 0 exactly when se2 = 0
+        L = cholesky(cov, lower=True)
+        whitened.append(
+            (
+                solve_triangular(L, P[:, j], lower=True),
+                solve_triangular(L, base, lower=True),
+                solve_triangular(L, ramp, lower=True),
+                solve_triangular(L, step, lower=True),
+            )
+        )
+
+    def cost(knots: tuple[int, ...], deltas: tuple[float, ...] | None = None) -> float:
+        total = 0.0
+        kn = list(knots)
+        w = 1.0 - (np.full(len(kn), 0.5) if deltas is None else np.asarray(deltas))
+        for z, wb, wr, ws in whitened:
+            X = np.column_stack([wb, wr[:, kn] + ws[:, kn] * w]) if knots else wb
+            beta, *_ = np.linalg.lstsq(X, z, rcond=None)
+            r = z - X @ beta
+            total += float(r @ r)
+        return total
+
+    def allowed(knots: tuple[int, ...]) -> bool:
+        edges = [0, *knots, n]
+        return all(edges[i + 1] - edges[i] >= min_size for i in range(len(edges) - 1))
+
+    def n_sets(m: int) -> float:
+        from math import comb
+
+        return float(comb(n, m))
+
+    def refine(knots: tuple[int, ...]) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
+        """Where inside its interval each change lies (coordinate-wise, on a grid)."""
+        deltas = [0.5] * len(knots)
+        c = cost(knots, tuple(deltas))
+        for _ in range(3):
+            moved = False
+            for i in range(len(knots)):
+                for d in DELTA_GRID:
+                    trial = deltas.copy()
+                    trial[i] = float(d)
+                    ct = cost(knots, tuple(trial))
+                    if ct < c - 1e-12:
+                        c, deltas, moved = ct, trial, True
+            if not moved:
+                break
+        return c, knots, tuple(deltas)
+
+    best: dict[int, tuple[float, tuple[int, ...], tuple[float, ...]]] = {0: (cost(()), (), ())}
+    for m in range(1, max_breakpoints + 1):
+        if n_sets(m) <= max_combinations:
+            cands = sorted((cost(kn), kn) for kn in combinations(range(1, n), m) if allowed(kn))
+            if not cands:
+                break
+            best[m] = min(refine(kn) for _, kn in cands[:N_REFINE])
+            continue
+        # greedy: add the best new knot to the m - 1 solution, then refine each
+        prev = list(best[m - 1][1])
+        trial = [
+            (cost(tuple(sorted(prev + [f]))), tuple(sorted(prev + [f])))
+            for f in range(1, n)
+            if f not in prev and allowed(tuple(sorted(prev + [f])))
+        ]
+        if not trial:
+            break
+        cur = min(trial)
+        for _ in range(10):
+            changed = False
+            for i in range(m):
+                others = [f for q, f in enumerate(cur[1]) if q != i]
+                moves = [
+                    (cost(tuple(sorted(others + [f]))), tuple(sorted(others + [f])))
+                    for f in range(1, n)
+                    if f not in others and allowed(tuple(sorted(others + [f])))
+                ]
+                cand = min(moves)
+                if cand[0] < cur[0] - 1e-12:
+                    cur, changed = cand, True
+            if not changed:
+                break
+        best[m] = refine(cur[1])
+    bic = [best[m][0] + (k * (2 + m) + m) * np.log(N) for m in sorted(best)]
+    nbp = int(np.argmin(bic))
+    return {
+        "breakpoints": [int(f) for f in best[nbp][1]],
+        "change_positions": [f + d for f, d in zip(best[nbp][1], best[nbp][2], strict=True)],
+        "n_breakpoints": nbp,
+        "bic": [float(b) for b in bic],
+        "sigma": [float(np.sqrt(sw2 + 2.0 * se2)) for sw2, se2 in comps],
+        "rate_noise_sd": [float(np.sqrt(sw2)) for sw2, _ in comps],
+        "position_noise_sd": [float(np.sqrt(se2)) for _, se2 in comps],
+        "method": "cumulative",
+    }
+
+
+def detect_stages_piecewise_constant(
+    series: np.ndarray,
+    *,
+    max_breakpoints: int = 3,
+    min_size: int = 3,
+    rel_floor: float = 0.03,
     skip_transition: bool = True,
 ) -> dict[str, Any]:
     """Optimal piecewise-constant segmentation of (several) series, number of pieces by BIC.
@@ -593,7 +849,7 @@ def detect_stages(
     Examples
     --------
     >>> y = np.r_[np.zeros(10), np.ones(10)] + 0.01 * np.random.default_rng(0).standard_normal(20)
-    >>> detect_stages(y, skip_transition=False)["breakpoints"]
+    >>> detect_stages_piecewise_constant(y, skip_transition=False)["breakpoints"]
     [10]
     """
     Y = np.asarray(series, np.float64)
@@ -643,6 +899,7 @@ def detect_stages(
         "n_breakpoints": nseg - 1,
         "bic": bic,
         "sigma": sig.tolist(),
+        "method": "piecewise_constant",
     }
 
 
@@ -689,6 +946,7 @@ def analyze_etching(
     tracks: pd.DataFrame | None = None,
     max_breakpoints: int = 3,
     min_stage_intervals: int = 3,
+    stage_method: str = "cumulative",
     guard_intervals: int = 1,
     smooth_nm: float = 1.0,
     n_boot: int = 300,
@@ -705,6 +963,8 @@ def analyze_etching(
         Particle identities (``frame``, ``label``, ``particle``).
     max_breakpoints, min_stage_intervals : int
         Stage detection (see :func:`detect_stages`).
+    stage_method : {"cumulative", "piecewise_constant"}
+        ``method`` of :func:`detect_stages`.
     guard_intervals : int
         Intervals on each side of a breakpoint left out of the per-stage fits.
     smooth_nm : float
@@ -734,6 +994,7 @@ def analyze_etching(
             np.column_stack([rates["a_nm_per_s"], rates["b_nm2_per_s"] * kappa_rms]),
             max_breakpoints=max_breakpoints,
             min_size=min_stage_intervals,
+            method=stage_method,
         )
     rf = rates["frame"].to_numpy() if len(rates) else np.zeros(0, np.int64)
     bps: list[int] = list(seg["breakpoints"])  # type: ignore[call-overload]
