@@ -662,6 +662,7 @@ def detect_stages_cumulative(
     min_size: int = 3,
     rel_floor: float = 0.03,
     max_combinations: int = 20000,
+    max_intervals: int = 2000,
 ) -> dict[str, Any]:
     """Stage changes as kinks of the cumulative rates, by generalised least squares.
 
@@ -689,21 +690,60 @@ def detect_stages_cumulative(
         Floor of the total rate-noise SD relative to the series' median summed
         absolute value.
     max_combinations : int
+    max_intervals : int
+        Longer records are averaged over blocks of consecutive intervals first
+        (the fit holds (n + 1)^2-sized matrices); changes are then located to a
+        block, and ``block_intervals`` in the result says how many intervals one is.
 
     Returns
     -------
     dict
         As :func:`detect_stages`, plus ``change_positions`` (the knots, in
         intervals from the first frame), ``rate_noise_sd`` and
-        ``position_noise_sd`` (per series, rate units and rate x interval).
+        ``position_noise_sd`` (per series, rate units and rate x interval),
+        ``block_intervals``.
     """
+    Y = np.asarray(series, np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if len(Y) > max_intervals:
+        q = int(np.ceil(len(Y) / max_intervals))
+        nb = int(np.ceil(len(Y) / q))
+        blocks = np.array([Y[i * q : (i + 1) * q].mean(axis=0) for i in range(nb)])
+        logger.info("detect_stages: %d intervals averaged in blocks of %d", len(Y), q)
+        res = detect_stages_cumulative(
+            blocks,
+            max_breakpoints=max_breakpoints,
+            min_size=max(1, int(np.ceil(min_size / q))),
+            rel_floor=rel_floor,
+            max_combinations=max_combinations,
+            max_intervals=max_intervals,
+        )
+        res["breakpoints"] = [int(f * q) for f in res["breakpoints"]]
+        res["change_positions"] = [float(x * q) for x in res["change_positions"]]
+        res["block_intervals"] = q
+        return res
+    return _detect_stages_cumulative(
+        Y,
+        max_breakpoints=max_breakpoints,
+        min_size=min_size,
+        rel_floor=rel_floor,
+        max_combinations=max_combinations,
+    )
+
+
+def _detect_stages_cumulative(
+    Y: np.ndarray,
+    *,
+    max_breakpoints: int,
+    min_size: int,
+    rel_floor: float,
+    max_combinations: int,
+) -> dict[str, Any]:
     from itertools import combinations
 
     from scipy.linalg import cholesky, solve_triangular
 
-    Y = np.asarray(series, np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
     n, k = Y.shape
     N = n + 1
     t = np.arange(N, dtype=np.float64)
@@ -811,6 +851,7 @@ def detect_stages_cumulative(
         "rate_noise_sd": [float(np.sqrt(sw2)) for sw2, _ in comps],
         "position_noise_sd": [float(np.sqrt(se2)) for _, se2 in comps],
         "method": "cumulative",
+        "block_intervals": 1,
     }
 
 
