@@ -89,6 +89,7 @@ def run_one(
         "config": name,
         "seed": seed,
         "stage_change_frames": found,
+        "stage_change_times_s": [float(x) for x in res["stage_change_times_s"]],
         "true_change_frames": true_changes,
         "stages_within_3_frames": stages_ok,
         "stages": stages,
@@ -134,6 +135,7 @@ def main() -> None:
             )
             print(
                 f"{name} seed {seed}: changes {r['stage_change_frames']} "
+                f"at {[round(x, 2) for x in r['stage_change_times_s']]} s "
                 f"(truth {r['true_change_frames']}); {rates}",
                 flush=True,
             )

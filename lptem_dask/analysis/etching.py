@@ -1018,7 +1018,8 @@ def analyze_etching(
     dict
         ``result`` (JSON-ready: ``stage_change_frames`` (the frame interval
         ``[f, f + 1]`` that holds each change) and ``stage_change_times_s``
-        (its middle, ``(f + 0.5) dt``), stages,
+        (where inside it the cumulative method placed the change, to an eighth of
+        an interval; the middle, ``(f + 0.5) dt``, for ``"piecewise_constant"``), stages,
         per-stage population fits, per-particle fits, size summaries) and
         the tables ``sizes``, ``velocities``, ``rates``.
     """
@@ -1066,8 +1067,11 @@ def analyze_etching(
             entry["particles"] = per
         stages.append(entry)
     summary = []
-    # a change inside interval [t_f, t_f+1] is best placed at its middle
-    knots = [(f + 0.5) * frame_interval_s for f in change_frames]
+    # a change inside interval [t_f, t_f+1]: where the cumulative fit placed it, else
+    # its middle
+    pos: list[float] = list(seg.get("change_positions") or [])  # type: ignore[call-overload]
+    offsets = [float(q) - i for q, i in zip(pos, bps, strict=True)] if pos else [0.5] * len(bps)
+    knots = [(f + d) * frame_interval_s for f, d in zip(change_frames, offsets, strict=True)]
     for p, g in sizes.groupby("particle"):
         g = g.sort_values("frame")
         rates_pl = {}
