@@ -680,7 +680,8 @@ def detect_stages_cumulative(
     ``max_combinations`` candidate sets per number of knots, else greedily with
     coordinate-wise refinement; the best sets then get their knots' places inside
     the intervals fitted; the number of knots minimises BIC
-    (``k (2 + 2 m) + m`` parameters for ``m`` changes and ``k`` series).
+    (``k (2 + m) + m`` parameters for ``m`` changes and ``k`` series: per series
+    an intercept, a slope and a change of slope per knot; per knot its place).
 
     Parameters
     ----------
@@ -834,6 +835,8 @@ def _detect_stages_cumulative(
                     for f in range(1, n)
                     if f not in others and allowed(tuple(sorted(others + [f])))
                 ]
+                if not moves:
+                    continue
                 cand = min(moves)
                 if cand[0] < cur[0] - 1e-12:
                     cur, changed = cand, True
