@@ -28,6 +28,7 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 from _common import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,8 @@ def run_one(
                 "a_ci95": [float(v) for v in pop["a_ci95"]],
                 "b_nm2_per_s": float(pop["b_nm2_per_s"]),
                 "b_ci95": [float(v) for v in pop["b_ci95"]],
+                "b_uncorrected_nm2_per_s": float(pop.get("b_uncorrected_nm2_per_s", np.nan)),
+                "curvature_reliability": float(pop.get("curvature_reliability", np.nan)),
             }
         )
     truth = [{"a_nm_per_s": s.a_nm_per_s, "b_nm2_per_s": s.b_nm2_per_s} for s in cfg.stages]
