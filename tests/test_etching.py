@@ -243,6 +243,11 @@ def test_rendered_truth_labels_one_rod():
     assert np.allclose(sizes["length_nm"], rods["length_nm"], atol=2 * cfg.pixel_size_nm)
     assert np.allclose(sizes["width_nm"], rods["width_nm"], atol=2 * cfg.pixel_size_nm)
     _check_stages(cfg, an["result"])
+    # the series stages are found from: the velocity at each interval's mean curvature
+    r = an["rates"]
+    assert np.allclose(
+        r["v_mean_nm_per_s"], r["a_nm_per_s"] + r["b_nm2_per_s"] * r["mean_curvature_per_nm"]
+    )
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ From the outlines of every particle in every frame (a contours table, see
 - the law ``v_n = a + b kappa`` is fitted by Huber-robust regression, with 95%
   intervals from a cluster bootstrap over (particle, frame-interval) outlines
   (points of one outline are correlated);
-- stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; their
-  cumulative sums (the etched depth) are fitted by continuous piecewise-linear
+- stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; the
+  cumulative sums of the velocity at the interval's mean curvature and of
+  ``b_t`` (the etched depth) are fitted by continuous piecewise-linear
   functions by generalised least squares, with noise of two kinds estimated
   from the series: rate noise (white across intervals) and the jitter of each
   frame's measured outline (white across frames, which makes successive rates
@@ -538,19 +539,24 @@ def interval_rates(vel: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         ``frame`` (interval start), ``time_s`` (mid), ``a_nm_per_s``,
-        ``b_nm2_per_s``, ``n_points``.
+        ``b_nm2_per_s``, ``mean_curvature_per_nm`` (of the interval's points),
+        ``v_mean_nm_per_s`` (the fit at that curvature, ``a + b kappa_mean``: unlike
+        ``a``, its error is nearly uncorrelated with ``b``'s), ``n_points``.
     """
     rows = []
     for f, g in vel.groupby("frame", sort=True):
         if len(g) < 10 or np.ptp(g["curvature_per_nm"]) <= 0:
             continue
-        a, b = huber_fit(g["curvature_per_nm"].to_numpy(), g["v_nm_per_s"].to_numpy())
+        kappa = g["curvature_per_nm"].to_numpy()
+        a, b = huber_fit(kappa, g["v_nm_per_s"].to_numpy())
         rows.append(
             {
                 "frame": _i(f),
                 "time_s": float(g["time_s"].iloc[0]),
                 "a_nm_per_s": a,
                 "b_nm2_per_s": b,
+                "mean_curvature_per_nm": float(kappa.mean()),
+                "v_mean_nm_per_s": a + b * float(kappa.mean()),
                 "n_points": len(g),
             }
         )
@@ -1034,9 +1040,12 @@ def analyze_etching(
     if len(rates) < 2 * min_stage_intervals:
         seg = {"breakpoints": [], "n_breakpoints": 0, "bic": [], "sigma": []}
     else:
+        # two rate series in nm/s whose errors are nearly independent (as the
+        # detection assumes): the velocity at the interval's mean curvature, and b
+        # scaled by the rms curvature (a_t and b_t themselves anti-correlate)
         kappa_rms = float(np.sqrt(np.mean(vel["curvature_per_nm"] ** 2)))
         seg = detect_stages(
-            np.column_stack([rates["a_nm_per_s"], rates["b_nm2_per_s"] * kappa_rms]),
+            np.column_stack([rates["v_mean_nm_per_s"], rates["b_nm2_per_s"] * kappa_rms]),
             max_breakpoints=max_breakpoints,
             min_size=min_stage_intervals,
             method=stage_method,
