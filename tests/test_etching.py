@@ -270,7 +270,7 @@ def test_rendered_truth_labels_b_zero_ci(seed):
 @pytest.mark.xfail(
     strict=True,
     reason="the #7 etching rates are not met through the shipped U-Net: with the "
-    "errors-in-variables correction stage 1 is met, but not stages 2 and 3 (stage 2's b 33-60% high) in the "
+    "errors-in-variables correction stage 1 is met, but not stages 2 and 3 (stage 2's b 11-60% high) in the "
     "seeds whose stages are found (benchmarks/eval_etching.py, results/etching_e2e_cumulative.json); "
     "on the truth labels the same analysis passes (test_rendered_truth_*)",
 )
