@@ -427,8 +427,7 @@ def _curvature_reliability(x: np.ndarray, resid: np.ndarray | None) -> tuple[flo
     r = resid[np.isfinite(resid)] if resid is not None else np.zeros(0)
     if len(r) < 20:
         return 1.0, float("nan")
-    s_r = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-    var_u = s_r * s_r / 3.0
+    var_u = _mad_var(r) / 3.0
     var_x = float(np.var(x))
     lam = max(1.0 - var_u / var_x, RELIABILITY_MIN) if var_x > 0 else 1.0
     return float(lam), float(np.sqrt(var_u))
@@ -564,9 +563,7 @@ def interval_rates(vel: pd.DataFrame) -> pd.DataFrame:
 
 
 def _noise_sd(y: np.ndarray, floor: float) -> float:
-    d = np.diff(y)
-    s = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2) if len(d) > 2 else 0.0
-    return float(max(s, floor))
+    return float(max(np.sqrt(_mad_var(np.diff(y)) / 2.0), floor))
 
 
 def detect_stages(
@@ -748,6 +745,7 @@ def _detect_stages_cumulative(
     max_combinations: int,
 ) -> dict[str, Any]:
     from itertools import combinations
+    from math import comb
 
     from scipy.linalg import cholesky, solve_triangular
 
@@ -792,10 +790,11 @@ def _detect_stages_cumulative(
         edges = [0, *knots, n]
         return all(edges[i + 1] - edges[i] >= min_size for i in range(len(edges) - 1))
 
-    def n_sets(m: int) -> float:
-        from math import comb
-
-        return float(comb(n, m))
+    def best_added(fixed: list[int]) -> tuple[float, tuple[int, ...]] | None:
+        """The best allowed set of ``fixed`` plus one more knot (None: no room)."""
+        sets = [tuple(sorted([*fixed, f])) for f in range(1, n) if f not in fixed]
+        scored = [(cost(kn), kn) for kn in sets if allowed(kn)]
+        return min(scored) if scored else None
 
     def refine(knots: tuple[int, ...]) -> tuple[float, tuple[int, ...], tuple[float, ...]]:
         """Where inside its interval each change lies (coordinate-wise, on a grid)."""
@@ -816,35 +815,22 @@ def _detect_stages_cumulative(
 
     best: dict[int, tuple[float, tuple[int, ...], tuple[float, ...]]] = {0: (cost(()), (), ())}
     for m in range(1, max_breakpoints + 1):
-        if n_sets(m) <= max_combinations:
+        if comb(n, m) <= max_combinations:
             cands = sorted((cost(kn), kn) for kn in combinations(range(1, n), m) if allowed(kn))
             if not cands:
                 break
             best[m] = min(refine(kn) for _, kn in cands[:N_REFINE])
             continue
         # greedy: add the best new knot to the m - 1 solution, then refine each
-        prev = list(best[m - 1][1])
-        trial = [
-            (cost(tuple(sorted(prev + [f]))), tuple(sorted(prev + [f])))
-            for f in range(1, n)
-            if f not in prev and allowed(tuple(sorted(prev + [f])))
-        ]
-        if not trial:
+        start = best_added(list(best[m - 1][1]))
+        if start is None:
             break
-        cur = min(trial)
+        cur = start
         for _ in range(10):
             changed = False
             for i in range(m):
-                others = [f for q, f in enumerate(cur[1]) if q != i]
-                moves = [
-                    (cost(tuple(sorted(others + [f]))), tuple(sorted(others + [f])))
-                    for f in range(1, n)
-                    if f not in others and allowed(tuple(sorted(others + [f])))
-                ]
-                if not moves:
-                    continue
-                cand = min(moves)
-                if cand[0] < cur[0] - 1e-12:
+                cand = best_added([f for q, f in enumerate(cur[1]) if q != i])
+                if cand is not None and cand[0] < cur[0] - 1e-12:
                     cur, changed = cand, True
             if not changed:
                 break
