@@ -41,6 +41,7 @@ def run_one(
     model: str = "default",
     tta: bool = False,
     particle_size_px: float | None = None,
+    rate_fit: str = "interval",
 ) -> dict:
     import lptem_dask as lp
     from lptem_dask.analysis.etching import analyze_etching
@@ -56,7 +57,9 @@ def run_one(
     contours = measure_contours(
         labels, probability=maps["probability"], pixel_size_nm=cfg.pixel_size_nm
     ).compute()
-    res = analyze_etching(contours, frame_interval_s=cfg.frame_interval_s)["result"]
+    res = analyze_etching(contours, frame_interval_s=cfg.frame_interval_s, rate_fit=rate_fit)[
+        "result"
+    ]
     true_changes = [s.start_s / cfg.frame_interval_s for s in cfg.stages[1:]]
     found = [float(f) for f in res["stage_change_frames"]]
     stages_ok = len(found) == len(true_changes) and all(
@@ -71,6 +74,7 @@ def run_one(
                 "a_ci95": [float(v) for v in pop["a_ci95"]],
                 "b_nm2_per_s": float(pop["b_nm2_per_s"]),
                 "b_ci95": [float(v) for v in pop["b_ci95"]],
+                "b_se": float(pop.get("b_se", np.nan)),
                 "b_uncorrected_nm2_per_s": float(pop.get("b_uncorrected_nm2_per_s", np.nan)),
                 "curvature_reliability": float(pop.get("curvature_reliability", np.nan)),
             }
@@ -91,6 +95,7 @@ def run_one(
     return {
         "config": name,
         "seed": seed,
+        "rate_fit": rate_fit,
         "stage_change_frames": found,
         "stage_change_times_s": [float(x) for x in res["stage_change_times_s"]],
         "true_change_frames": true_changes,
@@ -116,6 +121,13 @@ def main() -> None:
         help="do not rescale the frames (for a model trained at the videos' pixel size, "
         "such as configs/train/etching.yaml's); default: particle_size_px = rod diameter",
     )
+    ap.add_argument(
+        "--rate-fit",
+        choices=("interval", "baseline"),
+        default="interval",
+        help="analyze_etching's rate_fit: per-stage (a, b) from consecutive-frame velocities "
+        "or from each point's displacements over the whole stage",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "etching_e2e.json"))
     args = ap.parse_args()
     size_px = None
@@ -127,7 +139,14 @@ def main() -> None:
     runs = []
     for name in args.configs:
         for seed in args.seeds:
-            r = run_one(name, seed, model=args.model, tta=args.tta, particle_size_px=size_px)
+            r = run_one(
+                name,
+                seed,
+                model=args.model,
+                tta=args.tta,
+                particle_size_px=size_px,
+                rate_fit=args.rate_fit,
+            )
             runs.append(r)
             rates = "; ".join(
                 f"a {s['a_nm_per_s']:.3f} (truth {t['a_nm_per_s']:g}), "
