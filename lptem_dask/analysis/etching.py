@@ -13,7 +13,10 @@ From the outlines of every particle in every frame (a contours table, see
   between the point and its image (midpoint in time);
 - the law ``v_n = a + b kappa`` is fitted by Huber-robust regression, with 95%
   intervals from a cluster bootstrap over (particle, frame-interval) outlines
-  (points of one outline are correlated);
+  (points of one outline are correlated); or, with ``rate_fit="baseline"``, from
+  each point's displacements to every outline of a stage (a least-squares
+  velocity per point, intervals from a jackknife over frames), which averages
+  the jitter of every frame's outline;
 - stages: per frame interval, ``(a_t, b_t)`` are fitted on all particles; the
   cumulative sums of the velocity at the interval's mean curvature and of
   ``b_t`` (the etched depth) are fitted by continuous piecewise-linear
@@ -1471,6 +1474,7 @@ def run_etching(
     *,
     frame_interval_s: float | None = None,
     max_breakpoints: int = 3,
+    rate_fit: str = "interval",
     n_boot: int = 300,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -1488,6 +1492,8 @@ def run_etching(
     frame_interval_s : float, optional
         Default: from the regions/tracks table's ``time_s`` steps, else 1.
     max_breakpoints, n_boot : int
+    rate_fit : {"interval", "baseline"}
+        See :func:`analyze_etching`.
     overwrite : bool
     """
     store = Path(store)
@@ -1522,6 +1528,7 @@ def run_etching(
         frame_interval_s=frame_interval_s,
         tracks=tracks,
         max_breakpoints=max_breakpoints,
+        rate_fit=rate_fit,
         n_boot=n_boot,
     )
     with atomic_path(out_dir, overwrite=overwrite) as tmp:
