@@ -214,11 +214,8 @@ def test_truth_rates_by_long_baseline_fit(name):
         assert set(st["particles"]) == {"0", "1"}
 
 
-def test_stage_displacements_of_concentric_circles():
-    # circles shrinking by 0.3 nm per frame: displacements to the middle outline are
-    # 0.3 (f - ref) inward, the curvature that of each frame's circle
+def _shrinking_circles(radii) -> pd.DataFrame:
     rows = []
-    radii = [8.0, 7.7, 7.4, 7.1, 6.8, 6.5]
     for f, R in enumerate(radii):
         p = _circle(R, 200)
         rows.append(
@@ -226,7 +223,14 @@ def test_stage_displacements_of_concentric_circles():
                 {"frame": f, "point": np.arange(200), "x_nm": p[:, 0] + 20, "y_nm": -p[:, 1] + 20}
             ).assign(particle=0, label=1)
         )
-    c = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_stage_displacements_of_concentric_circles():
+    # circles shrinking by 0.3 nm per frame: displacements to the middle outline are
+    # 0.3 (f - ref) inward, the curvature that of each frame's circle
+    radii = [8.0, 7.7, 7.4, 7.1, 6.8, 6.5]
+    c = _shrinking_circles(radii)
     d = stage_displacements(c, first_frame=0, last_frame=4, frame_interval_s=1.0, smooth_nm=0.0)
     assert (d["ref_frame"] == 2).all() and d["frame"].nunique() == 5
     for f, R in enumerate(radii[:5]):
@@ -238,6 +242,17 @@ def test_stage_displacements_of_concentric_circles():
     # windows: 6 outlines cut into windows of at most 3, each with its own reference
     w = stage_displacements(c, first_frame=0, last_frame=5, frame_interval_s=1.0, window_frames=3)
     assert w.groupby("window")["ref_frame"].unique().map(list).tolist() == [[1], [4]]
+    # a long stage: the jackknife leaves out 20 blocks of frames, not every frame
+    long = stage_displacements(
+        _shrinking_circles(np.linspace(12.0, 4.8, 25)),
+        first_frame=0,
+        last_frame=24,
+        frame_interval_s=1.0,
+        smooth_nm=0.0,
+    )
+    fit = fit_stage_velocity_law(long)
+    assert fit["n_frames"] == 25 and fit["n_clusters"] == 20
+    assert long["window"].nunique() == 2
     with pytest.raises(InputError, match="window_frames"):
         stage_displacements(c, first_frame=0, last_frame=4, frame_interval_s=1.0, window_frames=2)
     with pytest.raises(InputError, match="rate_fit"):

@@ -574,7 +574,8 @@ def stage_displacements(
     window_frames : int
         Longest window (frames): a reference outline serves at most
         ``window_frames // 2`` frames either side, so that the normal paths
-        stay short while the particle changes shape.
+        stay short while the particle changes shape. A particle seen on fewer
+        than 3 outlines of the stage, or a window of fewer than 3, is skipped.
 
     Returns
     -------
@@ -646,7 +647,7 @@ def stage_displacements(
     )
 
 
-def _point_lines(disp: pd.DataFrame, drop_frame: int | None = None):
+def _point_lines(disp: pd.DataFrame, drop_frames: np.ndarray | None = None):
     """Per reference point: OLS velocity, mean curvature, its noise variance, frames used.
 
     The curvature's noise variance per outline is the residual variance of a
@@ -654,7 +655,7 @@ def _point_lines(disp: pd.DataFrame, drop_frame: int | None = None):
     over all points, ``n / (n - 2)`` degrees of freedom); that of the mean
     over ``n`` outlines is it divided by ``n``.
     """
-    d = disp if drop_frame is None else disp[disp["frame"] != drop_frame]
+    d = disp if drop_frames is None else disp[~disp["frame"].isin(drop_frames)]
     key = ["particle", "window", "point"]
     g = d.groupby(key, sort=False)
     n = g["time_s"].transform("size").to_numpy()
@@ -682,8 +683,8 @@ def _point_lines(disp: pd.DataFrame, drop_frame: int | None = None):
     return v[ok_pt], kappa[ok_pt], noise_var[ok_pt], counts[ok_pt]
 
 
-def _stage_law(disp: pd.DataFrame, eiv: bool, drop_frame: int | None = None):
-    v, kappa, noise_var, _ = _point_lines(disp, drop_frame)
+def _stage_law(disp: pd.DataFrame, eiv: bool, drop_frames: np.ndarray | None = None):
+    v, kappa, noise_var, _ = _point_lines(disp, drop_frames)
     if len(v) < 3 or np.ptp(kappa) <= 0:
         return None
     a0, b0 = huber_fit(kappa, v)
@@ -694,6 +695,9 @@ def _stage_law(disp: pd.DataFrame, eiv: bool, drop_frame: int | None = None):
         lam = max(1.0 - nv / var_x, RELIABILITY_MIN)
     a, b = _eiv_corrected(np.array([a0, b0]), kappa, lam)
     return a, b, a0, b0, lam, nv, kappa, v
+
+
+JACKKNIFE_GROUPS = 20  # most refits of the jackknife: longer stages leave out blocks of frames
 
 
 def fit_stage_velocity_law(
@@ -709,9 +713,10 @@ def fit_stage_velocity_law(
     the number of outlines, so the errors-in-variables correction (as in
     :func:`fit_velocity_law`) is small. The line is a Huber fit over all points.
     The 95% intervals come from a jackknife over frames (each outline left out
-    in turn, the whole fit repeated), ``estimate +- t(0.975, m - 1) SE`` with
-    ``m`` frames: they hold the noise that is independent between frames, not a
-    bias of the outlines that drifts over the stage.
+    in turn, the whole fit repeated; beyond :data:`JACKKNIFE_GROUPS` frames,
+    that many blocks of consecutive frames), ``estimate +- t(0.975, g - 1) SE``
+    with ``g`` left-out groups: they hold the noise that is independent between
+    frames, not a bias of the outlines that drifts over the stage.
 
     Parameters
     ----------
@@ -723,7 +728,8 @@ def fit_stage_velocity_law(
     Returns
     -------
     dict
-        The keys of :func:`fit_velocity_law` (``n_clusters`` = frames), and
+        The keys of :func:`fit_velocity_law` (``n_clusters``: the groups of
+        frames the jackknife leaves out), and
         ``method`` ``"baseline"``, ``n_frames``.
 
     Examples
@@ -745,7 +751,8 @@ def fit_stage_velocity_law(
         )
     a, b, a0, b0, lam, nv, kappa, v = full
     frames = np.unique(disp["frame"].to_numpy())
-    jk = [_stage_law(disp, errors_in_variables, int(f)) for f in frames]
+    blocks = np.array_split(frames, min(len(frames), JACKKNIFE_GROUPS))
+    jk = [_stage_law(disp, errors_in_variables, block) for block in blocks]
     J = np.array([[r[0], r[1]] for r in jk if r is not None])
     m = len(J)
     if m >= 3:
@@ -761,7 +768,7 @@ def fit_stage_velocity_law(
         "a_se": float(se[0]),
         "b_se": float(se[1]),
         "n_points": int(len(v)),
-        "n_clusters": int(len(frames)),
+        "n_clusters": int(len(blocks)),
         "n_frames": int(len(frames)),
         "kappa_range_per_nm": [float(np.min(kappa)), float(np.max(kappa))],
         "curvature_reliability": float(lam),
