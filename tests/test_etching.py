@@ -199,7 +199,7 @@ def test_truth_b_zero():
     _check_stages(cfg, res)
 
 
-@pytest.mark.parametrize("name", ["staged", "b_zero"])
+@pytest.mark.parametrize("name", ["staged", pytest.param("b_zero", marks=pytest.mark.slow)])
 def test_truth_rates_by_long_baseline_fit(name):
     cfg, res = _truth_analysis(name, rate_fit="baseline")
     assert res["rate_fit"] == "baseline"
