@@ -122,6 +122,7 @@ def _staged_rates_with_outline_jitter(rng, n=30, jitter=0.25, rate_noise=0.0):
     return rates + rate_noise * rng.standard_normal(rates.shape), np.floor(tc).astype(int)
 
 
+@pytest.mark.slow  # 45 s; the default run keeps the cumulative method's other tests
 def test_cumulative_stage_detection_handles_outline_jitter():
     # both methods on the same 40 simulated rate series (figures in the README)
     rng = np.random.default_rng(7)
