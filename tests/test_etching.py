@@ -260,17 +260,22 @@ def test_stage_displacements_of_concentric_circles():
         analyze_etching(c, frame_interval_s=1.0, rate_fit="lines")
 
 
+def _one_stage_truth(n_frames: int):
+    """Two rods etched at a = 0.05 nm/s, b = 0.8 nm^2/s in one stage (seed 0)."""
+    cfg = EtchingConfig(
+        n_rods=2,
+        n_frames=n_frames,
+        stages=({"start_s": 0.0, "a_nm_per_s": 0.05, "b_nm2_per_s": 0.8},),
+    )
+    return cfg, simulate_etching(cfg, seed=0)
+
+
 def test_long_baseline_fit_averages_frame_jitter():
     # every outline displaced by its own smooth noise (independent between frames): the
     # long-baseline fit of one stage is more precise than the fit of the velocities
     # between consecutive frames (at 0.06 nm of jitter its standard error 0.012 against
     # 0.024; the same at 0.03 nm), and its jackknife interval holds the truth
-    cfg = EtchingConfig(
-        n_rods=2,
-        n_frames=13,
-        stages=({"start_s": 0.0, "a_nm_per_s": 0.05, "b_nm2_per_s": 0.8},),
-    )
-    truth = simulate_etching(cfg, seed=0)
+    cfg, truth = _one_stage_truth(n_frames=13)
     noisy = assign_particles(_noisy_outlines(truth_contours(truth), 0.06, seed=2))
     last = int(noisy["frame"].max())
     base = fit_stage_velocity_law(
@@ -428,12 +433,7 @@ def test_curvature_noise_attenuation_is_corrected():
     # errors in variables: noise in the outlines' curvature biases a plain (Huber) fit of
     # v_n = a + b kappa (b towards 0, a up); the correction estimates the noise from
     # neighbouring frames and removes the bias
-    cfg = EtchingConfig(
-        n_rods=2,
-        n_frames=16,
-        stages=({"start_s": 0.0, "a_nm_per_s": 0.05, "b_nm2_per_s": 0.8},),
-    )
-    truth = simulate_etching(cfg, seed=0)
+    cfg, truth = _one_stage_truth(n_frames=16)
     clean = normal_velocities(
         assign_particles(truth_contours(truth)), frame_interval_s=cfg.frame_interval_s
     )

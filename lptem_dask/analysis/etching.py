@@ -648,7 +648,7 @@ def stage_displacements(
 
 
 def _point_lines(disp: pd.DataFrame, drop_frames: np.ndarray | None = None):
-    """Per reference point: OLS velocity, mean curvature, its noise variance, frames used.
+    """Per reference point: OLS velocity, mean curvature and the noise variance of that mean.
 
     The curvature's noise variance per outline is the residual variance of a
     straight line through the point's curvatures against time (robust: MAD
@@ -658,7 +658,6 @@ def _point_lines(disp: pd.DataFrame, drop_frames: np.ndarray | None = None):
     d = disp if drop_frames is None else disp[~disp["frame"].isin(drop_frames)]
     key = ["particle", "window", "point"]
     g = d.groupby(key, sort=False)
-    n = g["time_s"].transform("size").to_numpy()
     t = d["time_s"].to_numpy()
     tc = t - g["time_s"].transform("mean").to_numpy()
     y = d["displacement_nm"].to_numpy()
@@ -676,15 +675,16 @@ def _point_lines(disp: pd.DataFrame, drop_frames: np.ndarray | None = None):
     counts = np.bincount(ids, minlength=len(sxx))
     kappa = np.bincount(ids, weights=k, minlength=len(sxx)) / np.maximum(counts, 1)
     ok_pt = (counts >= 3) & (sxx > 0)
-    use = ok_pt[ids] & (n >= 3)
-    dof = np.mean(n[use] / np.maximum(n[use] - 2, 1)) if use.any() else np.nan
+    use = ok_pt[ids]
+    n = counts[ids][use]
+    dof = np.mean(n / np.maximum(n - 2, 1)) if use.any() else np.nan
     var1 = _mad_var(resid[use]) * dof if use.sum() >= 20 else np.nan
     noise_var = var1 / np.maximum(counts, 1)
-    return v[ok_pt], kappa[ok_pt], noise_var[ok_pt], counts[ok_pt]
+    return v[ok_pt], kappa[ok_pt], noise_var[ok_pt]
 
 
 def _stage_law(disp: pd.DataFrame, eiv: bool, drop_frames: np.ndarray | None = None):
-    v, kappa, noise_var, _ = _point_lines(disp, drop_frames)
+    v, kappa, noise_var = _point_lines(disp, drop_frames)
     if len(v) < 3 or np.ptp(kappa) <= 0:
         return None
     a0, b0 = huber_fit(kappa, v)
@@ -1340,7 +1340,6 @@ def analyze_etching(
     for s in range(len(edges) - 1):
         lo = edges[s] + (guard_intervals if s > 0 else 0)
         hi = edges[s + 1] - (guard_intervals if s < len(edges) - 2 else 0)
-        sel = vel[(vel["frame"] >= lo) & (vel["frame"] < hi)]
         entry: dict[str, Any] = {
             "stage": s,
             "start_frame": edges[s],
@@ -1365,7 +1364,7 @@ def analyze_etching(
                 entry["particles"] = {k: v for k, v in per.items() if v is not None}
                 if entry["population"] is None:
                     del entry["population"]
-        elif len(sel) >= 10:
+        elif len(sel := vel[(vel["frame"] >= lo) & (vel["frame"] < hi)]) >= 10:
             entry["population"] = fit_velocity_law(sel, n_boot=n_boot, seed=seed + s)
             per = {}
             for p, g in sel.groupby("particle"):
